@@ -1,0 +1,129 @@
+"""Ingestion stage: raw_data reads the spec's source files for one daily partition."""
+
+import glob
+import hashlib
+from datetime import date, datetime, timedelta
+from pathlib import Path
+
+import pandas as pd
+from dagster import (
+    AssetExecutionContext,
+    AssetsDefinition,
+    DailyPartitionsDefinition,
+    DataVersion,
+    Failure,
+    MetadataValue,
+    Output,
+    TableColumn,
+    TableSchema,
+    asset,
+)
+
+from mlops_assets.spec import PipelineSpec
+
+
+class SourceError(ValueError):
+    """A source file that cannot be read; the message names the file."""
+
+
+def daily_partitions(spec: PipelineSpec) -> DailyPartitionsDefinition:
+    end = spec.partitions.end
+    return DailyPartitionsDefinition(
+        start_date=spec.partitions.start.isoformat(),
+        end_date=end.isoformat() if end else None,
+        timezone="UTC",
+    )
+
+
+def partition_day(partition_key: str) -> date:
+    """The date of a partition key; refuses anything that is not YYYY-MM-DD."""
+    try:
+        return date.fromisoformat(partition_key)
+    except ValueError:
+        raise Failure(f"partition key {partition_key!r} is not a YYYY-MM-DD date") from None
+
+
+def day_bounds(day: date) -> tuple[datetime, datetime]:
+    """[start, end) of a UTC day as aware datetimes."""
+    start = pd.Timestamp(day, tz="UTC").to_pydatetime()
+    return start, start + timedelta(days=1)
+
+
+def content_hash(df: pd.DataFrame) -> str:
+    """A stable hash of a DataFrame's values and column names (the DataVersion)."""
+    digest = hashlib.sha256(",".join(map(str, df.columns)).encode())
+    digest.update(pd.util.hash_pandas_object(df, index=False).to_numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def table_schema(df: pd.DataFrame) -> TableSchema:
+    return TableSchema(
+        columns=[TableColumn(name=str(c), type=str(t)) for c, t in df.dtypes.items()]
+    )
+
+
+def source_files(spec: PipelineSpec, day: date) -> list[Path]:
+    pattern = spec.source_pattern().replace("{date}", day.isoformat())
+    files = sorted(Path(p) for p in glob.glob(pattern))
+    if not files:
+        raise SourceError(f"no source file matches {pattern} (partition {day.isoformat()})")
+    return files
+
+
+def read_file(spec: PipelineSpec, path: Path) -> pd.DataFrame:
+    """Read one CSV or Parquet file; any failure names the file and the reason."""
+    fmt = spec.source.format or path.suffix.lstrip(".").lower()
+    try:
+        if fmt == "parquet":
+            return pd.read_parquet(path)
+        if fmt == "csv":
+            return pd.read_csv(
+                path, sep=spec.source.csv_delimiter, encoding=spec.source.csv_encoding
+            )
+    except (OSError, ValueError, UnicodeDecodeError, pd.errors.ParserError) as exc:
+        raise SourceError(f"{path}: cannot be read as {fmt}: {exc}") from exc
+    raise SourceError(f"{path}: unsupported format '{fmt}' (use csv or parquet)")
+
+
+def read_partition(spec: PipelineSpec, day: date) -> tuple[pd.DataFrame, list[Path]]:
+    """All source rows for a day. Without `{date}` in the path, rows are kept by timestamp."""
+    files = source_files(spec, day)
+    frames = [read_file(spec, f) for f in files]
+    df = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+    if "{date}" not in spec.source.path:
+        if spec.timestamp not in df.columns:
+            raise SourceError(f"{files[0]}: timestamp column '{spec.timestamp}' is missing")
+        start, end = day_bounds(day)
+        ts = pd.to_datetime(df[spec.timestamp], utc=True, errors="coerce")
+        df = df[(ts >= start) & (ts < end)].reset_index(drop=True)
+    return df, files
+
+
+def build_raw_data(spec: PipelineSpec) -> AssetsDefinition:
+    @asset(
+        name="raw_data",
+        partitions_def=daily_partitions(spec),
+        group_name="data",
+        description=f"Rows of {spec.name} read from {spec.source.path}, one UTC day a partition.",
+        kinds={"pandas", "parquet" if spec.source.path.endswith("parquet") else "csv"},
+    )
+    def raw_data(context: AssetExecutionContext) -> Output[pd.DataFrame]:
+        day = partition_day(context.partition_key)
+        try:
+            df, files = read_partition(spec, day)
+        except SourceError as exc:
+            raise Failure(str(exc)) from exc
+        context.log.info(f"read {len(df)} rows for {day} from {len(files)} file(s)")
+        version = content_hash(df)
+        return Output(
+            df,
+            data_version=DataVersion(version),
+            metadata={
+                "dagster/row_count": len(df),
+                "dagster/column_schema": table_schema(df),
+                "content_hash": version,
+                "source_files": MetadataValue.json([str(f) for f in files]),
+            },
+        )
+
+    return raw_data

@@ -1,0 +1,89 @@
+"""Inference stage: batch_predictions scores a partition with the champion, features read
+through Feast."""
+
+import numpy as np
+import pandas as pd
+from dagster import AssetExecutionContext, AssetsDefinition, MetadataValue, Output, asset
+
+from mlops_assets.data import daily_partitions
+from mlops_assets.features import feature_refs
+from mlops_assets.spec import PipelineSpec
+from mlops_assets.training import load_model_version, positive_class
+from mlops_resources.feast_store import FeastResource
+from mlops_resources.mlflow_tracking import MLflowResource
+
+
+def score(model: object, X: pd.DataFrame, spec: PipelineSpec) -> pd.DataFrame:
+    """Predictions (and for binary tasks the positive-class score) for feature rows."""
+    if not spec.is_classification:
+        return pd.DataFrame({"prediction": np.asarray(model.predict(X), dtype=float)})
+    proba = model.predict_proba(X)
+    classes = np.asarray(model.classes_)
+    out = pd.DataFrame({"prediction": classes[proba.argmax(axis=1)]})
+    if len(classes) == 2:
+        out["score"] = proba[:, list(classes).index(positive_class(spec, classes))]
+    return out
+
+
+def prediction_summary(predictions: pd.DataFrame, spec: PipelineSpec) -> dict[str, object]:
+    if spec.is_classification:
+        counts = predictions["prediction"].value_counts().sort_index()
+        summary: dict[str, object] = {"class_counts": {str(k): int(v) for k, v in counts.items()}}
+        if "score" in predictions:
+            summary["score_quantiles"] = {
+                str(q): round(float(predictions["score"].quantile(q)), 4) for q in (0.1, 0.5, 0.9)
+            }
+        return summary
+    return {str(k): round(float(v), 4) for k, v in predictions["prediction"].describe().items()}
+
+
+def build_batch_predictions(spec: PipelineSpec) -> AssetsDefinition:
+    @asset(
+        name="batch_predictions",
+        partitions_def=daily_partitions(spec),
+        group_name="inference",
+        deps=["model_promotion"],
+        output_required=False,
+        description="The partition's rows scored by the current champion (loaded from the "
+        "registry by alias), with features read through Feast. Not materialized while no "
+        "champion exists.",
+        kinds={"mlflow", "feast", "pandas"},
+    )
+    def batch_predictions(
+        context: AssetExecutionContext,
+        mlflow: MLflowResource,
+        feast: FeastResource,
+        validated_data: pd.DataFrame,
+    ):
+        champion = mlflow.champion(spec.model_name)
+        if champion is None:
+            context.log.warning(
+                f"no champion for {spec.model_name} yet: nothing scored for {context.partition_key}"
+            )
+            return
+        entities = validated_data[[spec.entity_key, spec.timestamp]]
+        rows = feast.historical_features(entities, feature_refs(spec))
+        model = load_model_version(spec.model_name, champion.version)
+        predictions = pd.concat(
+            [
+                rows[[spec.entity_key, spec.timestamp]].reset_index(drop=True),
+                score(model, rows[spec.feature_names], spec),
+            ],
+            axis=1,
+        )
+        predictions["model_version"] = champion.version
+        summary = prediction_summary(predictions, spec)
+        context.log.info(f"scored {len(predictions)} rows with champion v{champion.version}")
+        yield Output(
+            predictions,
+            metadata={
+                "dagster/row_count": len(predictions),
+                "champion_version": champion.version,
+                "prediction_distribution": MetadataValue.json(summary),
+                "mlflow_model_version": MetadataValue.url(
+                    mlflow.model_version_url(spec.model_name, champion.version)
+                ),
+            },
+        )
+
+    return batch_predictions

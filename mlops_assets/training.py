@@ -1,0 +1,253 @@
+"""Training stage: candidate_model trains on training_set, logs an MLflow run and registers a
+version; a blocking check loads it back from the registry and predicts."""
+
+import math
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSpec,
+    AssetExecutionContext,
+    AssetsDefinition,
+    MetadataValue,
+    Output,
+    asset,
+)
+
+from mlops_assets.data import daily_partitions
+from mlops_assets.features import SPLIT_COLUMN
+from mlops_assets.spec import PipelineSpec, Task
+from mlops_resources.mlflow_tracking import MLflowResource
+
+LOAD_CHECK = "loads_and_predicts"
+KIND_TAG = "mlops.model_kind"
+
+
+def positive_class(spec: PipelineSpec, classes: np.ndarray) -> Any:
+    """The positive class of a binary task: the last of the spec's classes, else the last seen."""
+    if spec.classes:
+        return spec.classes[-1]
+    return classes[-1]
+
+
+def build_estimator(spec: PipelineSpec) -> Any:
+    """A scikit-learn pipeline for the spec's model kind: one-hot categoricals, then the model."""
+    from sklearn.compose import ColumnTransformer
+    from sklearn.ensemble import (
+        HistGradientBoostingClassifier,
+        HistGradientBoostingRegressor,
+        RandomForestClassifier,
+        RandomForestRegressor,
+    )
+    from sklearn.impute import SimpleImputer
+    from sklearn.linear_model import LogisticRegression, Ridge
+    from sklearn.pipeline import Pipeline, make_pipeline
+    from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+    numeric = [f.name for f in spec.features if f.type == "numeric"]
+    categorical = [f.name for f in spec.features if f.type == "categorical"]
+    classify = spec.is_classification
+    seed = {"random_state": spec.model.seed}
+    estimators = {
+        "hist_gradient_boosting": (
+            HistGradientBoostingClassifier if classify else HistGradientBoostingRegressor,
+            seed,
+        ),
+        "random_forest": (
+            RandomForestClassifier if classify else RandomForestRegressor,
+            {**seed, "n_jobs": 1},
+        ),
+        "linear": (LogisticRegression, {"max_iter": 1000}) if classify else (Ridge, {}),
+    }
+    cls, defaults = estimators[spec.model.kind]
+    preprocess = ColumnTransformer(
+        [
+            ("numeric", make_pipeline(SimpleImputer(strategy="median"), StandardScaler()), numeric),
+            (
+                "categorical",
+                OneHotEncoder(handle_unknown="ignore", sparse_output=False),
+                categorical,
+            ),
+        ]
+    )
+    return Pipeline(
+        [("preprocess", preprocess), ("model", cls(**{**defaults, **spec.model.params}))]
+    )
+
+
+def evaluate(model: Any, X: pd.DataFrame, y: pd.Series, spec: PipelineSpec) -> dict[str, float]:
+    """Holdout metrics for the spec's task (the names the gate accepts)."""
+    from sklearn import metrics as m
+
+    if not spec.is_classification:
+        pred = np.asarray(model.predict(X), dtype=float)
+        return {
+            "rmse": float(math.sqrt(m.mean_squared_error(y, pred))),
+            "mae": float(m.mean_absolute_error(y, pred)),
+            "r2": float(m.r2_score(y, pred)),
+        }
+    proba = model.predict_proba(X)
+    classes = np.asarray(model.classes_)
+    pred = classes[proba.argmax(axis=1)]
+    if spec.task == Task.multiclass_classification:
+        return {
+            "accuracy": float(m.accuracy_score(y, pred)),
+            "f1_macro": float(m.f1_score(y, pred, average="macro")),
+            "log_loss": float(m.log_loss(y, proba, labels=classes)),
+        }
+    positive = positive_class(spec, classes)
+    score = proba[:, list(classes).index(positive)]
+    truth = (np.asarray(y) == positive).astype(int)
+    auc = float(m.roc_auc_score(truth, score)) if 0 < truth.sum() < len(truth) else float("nan")
+    return {
+        "roc_auc": auc,
+        "accuracy": float(m.accuracy_score(y, pred)),
+        "f1": float(m.f1_score(truth, (pred == positive).astype(int), zero_division=0)),
+        "log_loss": float(m.log_loss(y, proba, labels=classes)),
+        "brier": float(np.mean((score - truth) ** 2)),
+    }
+
+
+def split(df: pd.DataFrame, spec: PipelineSpec, part: str) -> tuple[pd.DataFrame, pd.Series]:
+    rows = df[df[SPLIT_COLUMN] == part]
+    return rows[spec.feature_names], rows[spec.label]
+
+
+def load_model_version(name: str, version: str) -> Any:
+    """Load a registered version in its native flavor (skops for scikit-learn: no unpickling)."""
+    import mlflow.sklearn
+
+    return mlflow.sklearn.load_model(f"models:/{name}/{version}")
+
+
+def log_sklearn_model(model: Any, spec: PipelineSpec, X_example: pd.DataFrame) -> Any:
+    import mlflow.sklearn
+    from mlflow.models import infer_signature
+
+    signature = infer_signature(X_example, model.predict(X_example))
+    return mlflow.sklearn.log_model(
+        model,
+        name="model",
+        registered_model_name=spec.model_name,
+        signature=signature,
+        input_example=X_example.head(5),
+        serialization_format="skops",
+        pip_requirements=pinned_requirements("scikit-learn", "skops", "pandas"),
+        skops_trusted_types=untrusted_types(model),
+    )
+
+
+def pinned_requirements(*packages: str) -> list[str]:
+    """Exact pins of installed packages (skips MLflow's slow requirement inference)."""
+    from importlib.metadata import version
+
+    return [f"{name}=={version(name)}" for name in packages]
+
+
+def untrusted_types(model: Any) -> list[str]:
+    """Types skops does not trust by default in our own freshly trained pipeline."""
+    import io
+
+    import skops.io as sio
+
+    buffer = io.BytesIO(sio.dumps(model))
+    return sio.get_untrusted_types(data=buffer.getvalue())
+
+
+def build_candidate_model(spec: PipelineSpec) -> AssetsDefinition:
+    @asset(
+        name="candidate_model",
+        partitions_def=daily_partitions(spec),
+        group_name="training",
+        description=f"A {spec.model.kind} model trained on training_set, logged to MLflow and "
+        f"registered as a new version of {spec.model_name}.",
+        check_specs=[
+            AssetCheckSpec(
+                LOAD_CHECK,
+                asset="candidate_model",
+                blocking=True,
+                description="The registered version loads from the registry and "
+                "predicts on holdout rows.",
+            )
+        ],
+        kinds={"mlflow", "scikit-learn"},
+    )
+    def candidate_model(
+        context: AssetExecutionContext, mlflow: MLflowResource, training_set: pd.DataFrame
+    ):
+        import mlflow as mlflow_api
+
+        X_train, y_train = split(training_set, spec, "train")
+        X_hold, y_hold = split(training_set, spec, "holdout")
+        model = build_estimator(spec)
+        context.log.info(f"training {spec.model.kind} on {len(X_train)} rows")
+        model.fit(X_train, y_train)
+        metrics = evaluate(model, X_hold, y_hold, spec)
+        context.log.info(f"holdout metrics: {metrics}")
+        with mlflow.start_run(
+            run_name=f"{spec.name}-{context.partition_key}",
+            tags={"dagster.run_id": context.run_id, "dagster.partition": context.partition_key},
+        ) as run:
+            mlflow_api.log_params(
+                {
+                    "model_kind": spec.model.kind,
+                    "partition": context.partition_key,
+                    "train_rows": len(X_train),
+                    "holdout_rows": len(X_hold),
+                    "training_window_days": spec.model.training_window_days,
+                    "seed": spec.model.seed,
+                    **spec.model.params,
+                }
+            )
+            mlflow_api.log_metrics(
+                {f"holdout_{k}": v for k, v in metrics.items() if not math.isnan(v)}
+            )
+            mlflow_api.log_input(
+                mlflow_api.data.from_pandas(
+                    training_set, name=f"{spec.name}_training_set", targets=spec.label
+                ),
+                context="training",
+            )
+            info = log_sklearn_model(model, spec, X_train.head(50))
+        version = str(info.registered_model_version)
+        mlflow.tag_version(
+            spec.model_name,
+            version,
+            {
+                KIND_TAG: spec.model.kind,
+                "mlops.partition": context.partition_key,
+                "mlops.dagster_run_id": context.run_id,
+            },
+        )
+        reloaded = load_model_version(spec.model_name, version)
+        sample = X_hold.head(20)
+        predictions = np.asarray(reloaded.predict(sample))
+        loads = len(predictions) == len(sample)
+        yield Output(
+            {
+                "name": spec.model_name,
+                "version": version,
+                "run_id": run.info.run_id,
+                "model_uri": f"models:/{spec.model_name}/{version}",
+                "metrics": metrics,
+                "kind": spec.model.kind,
+            },
+            metadata={
+                "model_version": version,
+                "mlflow_run": MetadataValue.url(mlflow.run_url(run.info.run_id)),
+                "mlflow_model_version": MetadataValue.url(
+                    mlflow.model_version_url(spec.model_name, version)
+                ),
+                "mlflow_run_id": run.info.run_id,
+                **{f"holdout_{k}": v for k, v in metrics.items()},
+            },
+        )
+        yield AssetCheckResult(
+            check_name=LOAD_CHECK,
+            passed=loads,
+            metadata={"rows_predicted": len(predictions), "model_uri": info.model_uri},
+        )
+
+    return candidate_model

@@ -1,0 +1,216 @@
+"""Validation stage: validated_data, gated by a blocking Great Expectations suite."""
+
+from datetime import date, timedelta
+
+import pandas as pd
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetCheckSpec,
+    AssetExecutionContext,
+    AssetsDefinition,
+    DataVersion,
+    MetadataValue,
+    Output,
+    asset,
+)
+
+from mlops_assets.data import (
+    content_hash,
+    daily_partitions,
+    day_bounds,
+    partition_day,
+    table_schema,
+)
+from mlops_assets.spec import PipelineSpec
+from mlops_resources.validation import (
+    ExpectationConfig,
+    GreatExpectationsResource,
+    ValidationOutcome,
+)
+
+GX_CHECK = "great_expectations_suite"
+NUMERIC_TYPES = ["float64", "float32", "int64", "int32", "int16", "int8", "Int64", "Float64"]
+
+
+def _coerce_if_clean(values: pd.Series, converted: pd.Series) -> pd.Series:
+    """Use the converted column only if conversion lost no value; else keep the original so the
+    type expectation fails and shows the offending values."""
+    lost = converted.isna() & values.notna()
+    return values if lost.any() else converted
+
+
+def standardize(df: pd.DataFrame, spec: PipelineSpec) -> pd.DataFrame:
+    """Apply the spec's types where values convert cleanly: UTC timestamps, float numerics,
+    string keys, categoricals and class labels. Nothing is dropped or invented."""
+    out = df.copy()
+    if spec.timestamp in out:
+        out[spec.timestamp] = _coerce_if_clean(
+            out[spec.timestamp], pd.to_datetime(out[spec.timestamp], utc=True, errors="coerce")
+        )
+    text_columns = [spec.entity_key] + [f.name for f in spec.features if f.type == "categorical"]
+    if spec.is_classification:
+        text_columns.append(spec.label)
+    for column in text_columns:
+        if column in out:
+            out[column] = out[column].astype("string").astype(object).where(out[column].notna())
+    numeric = [f.name for f in spec.features if f.type == "numeric"]
+    if not spec.is_classification:
+        numeric.append(spec.label)
+    for column in numeric:
+        if column in out:
+            out[column] = _coerce_if_clean(
+                out[column], pd.to_numeric(out[column], errors="coerce").astype("float64")
+            )
+    return out
+
+
+def build_expectations(spec: PipelineSpec, day: date) -> list[ExpectationConfig]:
+    """The suite for one partition: schema, types, nulls, bounds, categories, keys, time range."""
+    E = ExpectationConfig
+    required = [spec.entity_key, spec.timestamp, spec.label, *spec.feature_names]
+    start, _ = day_bounds(day)
+    last_instant = start + timedelta(days=1) - timedelta(microseconds=1)
+    suite = [
+        E(
+            "expect_table_columns_to_match_set",
+            {"column_set": required, "exact_match": not spec.allow_extra_columns},
+        ),
+        *(E("expect_column_to_exist", {"column": c}) for c in required),
+        *(
+            E("expect_column_values_to_not_be_null", {"column": c})
+            for c in [spec.entity_key, spec.timestamp, spec.label]
+        ),
+        E(
+            "expect_compound_columns_to_be_unique",
+            {"column_list": [spec.entity_key, spec.timestamp]},
+        ),
+        E(
+            "expect_column_values_to_be_between",
+            {
+                "column": spec.timestamp,
+                "min_value": start.isoformat(),
+                "max_value": last_instant.isoformat(),
+            },
+        ),
+    ]
+    if spec.classes is not None:
+        suite.append(
+            E(
+                "expect_column_values_to_be_in_set",
+                {"column": spec.label, "value_set": spec.classes},
+            )
+        )
+    elif not spec.is_classification:
+        suite.append(
+            E(
+                "expect_column_values_to_be_in_type_list",
+                {"column": spec.label, "type_list": NUMERIC_TYPES},
+            )
+        )
+    for feature in spec.features:
+        if not feature.nullable:
+            suite.append(E("expect_column_values_to_not_be_null", {"column": feature.name}))
+        if feature.type == "numeric":
+            suite.append(
+                E(
+                    "expect_column_values_to_be_in_type_list",
+                    {"column": feature.name, "type_list": NUMERIC_TYPES},
+                )
+            )
+            # Bounds also catch +/-inf; unbounded numerics still must be finite.
+            low = feature.min if feature.min is not None else -1.7e308
+            high = feature.max if feature.max is not None else 1.7e308
+            suite.append(
+                E(
+                    "expect_column_values_to_be_between",
+                    {"column": feature.name, "min_value": low, "max_value": high},
+                )
+            )
+        elif feature.allowed_values is not None:
+            suite.append(
+                E(
+                    "expect_column_values_to_be_in_set",
+                    {"column": feature.name, "value_set": feature.allowed_values},
+                )
+            )
+    suite.extend(E(e.type, dict(e.kwargs)) for e in spec.expectations)
+    return suite
+
+
+def check_result(outcome: ValidationOutcome, source: str) -> AssetCheckResult:
+    """The blocking check's result; metadata lists each failed rule with counts and samples."""
+    failed = [
+        {
+            "rule": f.rule(),
+            "unexpected_count": f.unexpected_count,
+            "element_count": f.element_count,
+            "sample_bad_values": f.sample,
+        }
+        for f in outcome.failures
+    ]
+    rows = "\n".join(
+        f"| `{f['rule']}` | {f['unexpected_count']} | {', '.join(f['sample_bad_values'])} |"
+        for f in failed
+    )
+    summary = "| rule | unexpected | sample bad values |\n|---|---|---|\n" + rows
+    return AssetCheckResult(
+        check_name=GX_CHECK,
+        passed=outcome.success,
+        severity=AssetCheckSeverity.ERROR,
+        description=(
+            f"{source}: {len(failed)} of {outcome.evaluated} expectations failed: "
+            + "; ".join(f["rule"] for f in failed)
+            if failed
+            else f"all {outcome.evaluated} expectations passed"
+        ),
+        metadata={
+            "source": source,
+            "expectations_evaluated": outcome.evaluated,
+            "expectations_failed": len(failed),
+            "failed_expectations": MetadataValue.json(failed),
+            "failures": MetadataValue.md(summary if failed else "none"),
+        },
+    )
+
+
+def build_validated_data(spec: PipelineSpec) -> AssetsDefinition:
+    @asset(
+        name="validated_data",
+        partitions_def=daily_partitions(spec),
+        group_name="data",
+        description="raw_data with the spec's types applied; the GX suite gates everything "
+        "downstream (blocking check).",
+        check_specs=[
+            AssetCheckSpec(
+                GX_CHECK,
+                asset="validated_data",
+                blocking=True,
+                description="Great Expectations suite built from the pipeline spec.",
+            )
+        ],
+        kinds={"pandas", "great_expectations"},
+    )
+    def validated_data(
+        context: AssetExecutionContext, gx: GreatExpectationsResource, raw_data: pd.DataFrame
+    ):
+        day = partition_day(context.partition_key)
+        df = standardize(raw_data, spec)
+        outcome = gx.validate(df, f"{spec.name}_{day:%Y%m%d}", build_expectations(spec, day))
+        version = content_hash(df)
+        yield Output(
+            df,
+            data_version=DataVersion(version),
+            metadata={
+                "dagster/row_count": len(df),
+                "dagster/column_schema": table_schema(df),
+                "content_hash": version,
+                "valid": outcome.success,
+            },
+        )
+        result = check_result(outcome, source=f"{spec.source.path} [{day}]")
+        if not outcome.success:
+            context.log.error(f"validation failed for {day}: {result.description}")
+        yield result
+
+    return validated_data

@@ -1,0 +1,88 @@
+"""Feast: feature registry, offline (point-in-time) reads and the online store."""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from dagster import ConfigurableResource
+from pydantic import Field, PrivateAttr
+
+from mlops_resources.storage import mlops_home
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from feast import FeatureStore
+
+
+class FeastResource(ConfigurableResource):
+    """A Feast FeatureStore built from these fields (no feature_store.yaml needed).
+
+    Defaults: a file registry, the file offline store and a sqlite online store under
+    $MLOPS_HOME/feast.
+    """
+
+    project: str = Field(default="mlops_suite", description="Feast project name.")
+    repo_path: str = Field(
+        default="",
+        description="Folder for the registry, data and online store; default $MLOPS_HOME/feast.",
+    )
+    registry_path: str = Field(default="", description="Registry file; default <repo>/registry.db.")
+    online_store: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Feast online_store config; default {type: sqlite, path: <repo>/online.db}.",
+    )
+    offline_store: dict[str, Any] = Field(
+        default_factory=lambda: {"type": "file"}, description="Feast offline_store config."
+    )
+
+    _store: Any = PrivateAttr(default=None)
+
+    @property
+    def root(self) -> Path:
+        return Path(self.repo_path) if self.repo_path else mlops_home() / "feast"
+
+    @property
+    def offline_data_dir(self) -> Path:
+        """Where feature assets write the Parquet files that Feast's FileSources read."""
+        return self.root / "offline"
+
+    def store(self) -> FeatureStore:
+        if self._store is None:
+            os.environ.setdefault("FEAST_USAGE", "False")
+            from feast import FeatureStore, RepoConfig
+
+            self.root.mkdir(parents=True, exist_ok=True)
+            config = RepoConfig(
+                project=self.project,
+                provider="local",
+                registry=self.registry_path or str(self.root / "registry.db"),
+                online_store=self.online_store
+                or {"type": "sqlite", "path": str(self.root / "online.db")},
+                offline_store=self.offline_store,
+                entity_key_serialization_version=3,
+                repo_path=str(self.root),
+            )
+            self._store = FeatureStore(config=config)
+        return self._store
+
+    def apply(self, objects: list[Any]) -> None:
+        """Register entities and feature views (idempotent)."""
+        self.store().apply(objects)
+
+    def materialize(self, start: datetime, end: datetime, feature_views: list[str]) -> None:
+        """Load the offline rows with event time in [start, end) into the online store."""
+        self.store().materialize(start_date=start, end_date=end, feature_views=feature_views)
+
+    def historical_features(self, entity_df: pd.DataFrame, features: list[str]) -> pd.DataFrame:
+        """Point-in-time correct join of `features` onto entity rows (key + event_timestamp)."""
+        return self.store().get_historical_features(entity_df=entity_df, features=features).to_df()
+
+    def online_features(
+        self, entity_rows: list[dict[str, Any]], features: list[str]
+    ) -> pd.DataFrame:
+        """Latest feature values for entities from the online store."""
+        response = self.store().get_online_features(features=features, entity_rows=entity_rows)
+        return response.to_df()

@@ -1,0 +1,130 @@
+"""MLflow: experiment tracking, the model registry and the `champion` alias."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+from dagster import ConfigurableResource, InitResourceContext
+from pydantic import Field, PrivateAttr
+
+from mlops_resources.storage import mlops_home
+
+if TYPE_CHECKING:
+    from mlflow import ActiveRun, MlflowClient
+    from mlflow.entities.model_registry import ModelVersion
+
+CHAMPION_ALIAS = "champion"
+
+
+class PromotionConflict(RuntimeError):
+    """The champion alias moved while a promotion was being decided."""
+
+
+class MLflowResource(ConfigurableResource):
+    """Tracking and registry access with embedded defaults (sqlite + local artifacts)."""
+
+    tracking_uri: str = Field(
+        default="",
+        description="MLflow tracking URI; default sqlite:///$MLOPS_HOME/mlflow/mlflow.db.",
+    )
+    artifact_location: str = Field(
+        default="",
+        description="Artifact root for new experiments; default $MLOPS_HOME/mlflow/artifacts.",
+    )
+    experiment_name: str = Field(default="mlops-suite", description="Experiment for all runs.")
+    ui_url: str = Field(
+        default="http://127.0.0.1:5000",
+        description="Base URL of an MLflow UI serving this tracking store, used for links.",
+    )
+
+    _experiment_id: str = PrivateAttr(default="")
+
+    def setup_for_execution(self, context: InitResourceContext) -> None:
+        import mlflow
+
+        mlflow.set_tracking_uri(self.resolved_tracking_uri)
+        mlflow.set_registry_uri(self.resolved_tracking_uri)
+        self._experiment_id = self._ensure_experiment()
+
+    @property
+    def resolved_tracking_uri(self) -> str:
+        if self.tracking_uri:
+            return self.tracking_uri
+        folder = mlops_home() / "mlflow"
+        folder.mkdir(parents=True, exist_ok=True)
+        return f"sqlite:///{folder / 'mlflow.db'}"
+
+    @property
+    def resolved_artifact_location(self) -> str:
+        return self.artifact_location or (mlops_home() / "mlflow" / "artifacts").as_uri()
+
+    def client(self) -> MlflowClient:
+        from mlflow import MlflowClient
+
+        return MlflowClient(
+            tracking_uri=self.resolved_tracking_uri, registry_uri=self.resolved_tracking_uri
+        )
+
+    def _ensure_experiment(self) -> str:
+        client = self.client()
+        experiment = client.get_experiment_by_name(self.experiment_name)
+        if experiment is not None:
+            return experiment.experiment_id
+        return client.create_experiment(
+            self.experiment_name, artifact_location=self.resolved_artifact_location
+        )
+
+    @contextmanager
+    def start_run(self, run_name: str, tags: dict[str, str] | None = None) -> Iterator[ActiveRun]:
+        """Start a run in the configured experiment; it ends (FAILED on error) on exit."""
+        import mlflow
+
+        if not self._experiment_id:
+            mlflow.set_tracking_uri(self.resolved_tracking_uri)
+            self._experiment_id = self._ensure_experiment()
+        with mlflow.start_run(
+            experiment_id=self._experiment_id, run_name=run_name, tags=tags or {}
+        ) as run:
+            yield run
+
+    def run_url(self, run_id: str) -> str:
+        return f"{self.ui_url}/#/experiments/{self._experiment_id}/runs/{run_id}"
+
+    def model_version_url(self, name: str, version: str | int) -> str:
+        return f"{self.ui_url}/#/models/{name}/versions/{version}"
+
+    def champion(self, name: str) -> ModelVersion | None:
+        """The version the `champion` alias points at, or None."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self.client().get_model_version_by_alias(name, CHAMPION_ALIAS)
+        except MlflowException:
+            return None
+
+    def tag_version(self, name: str, version: str | int, tags: dict[str, Any]) -> None:
+        client = self.client()
+        for key, value in tags.items():
+            client.set_model_version_tag(name, str(version), key, str(value))
+
+    def move_champion(self, name: str, version: str | int, expected: str | None) -> None:
+        """Compare-and-set: point `champion` at `version` only if it still points at `expected`.
+
+        Raises PromotionConflict when another promotion moved the alias meanwhile, so the caller
+        re-evaluates against the new champion instead of overwriting it blindly.
+        """
+        current = self.champion(name)
+        current_version = current.version if current else None
+        if current_version != expected:
+            raise PromotionConflict(
+                f"champion of {name} moved from {expected} to {current_version} during evaluation"
+            )
+        self.client().set_registered_model_alias(name, CHAMPION_ALIAS, str(version))
+
+    def load_model(self, model_uri: str) -> Any:
+        """Load a model as a pyfunc."""
+        import mlflow.pyfunc
+
+        return mlflow.pyfunc.load_model(model_uri)

@@ -1,0 +1,34 @@
+"""Local state and asset storage: where everything the suite writes lives.
+
+All local state sits under one folder, MLOPS_HOME (default: `.mlops_home` in the working
+directory): the Dagster instance (unless DAGSTER_HOME is set), MLflow's database and artifacts,
+the Feast registry and stores, asset values, and the demo data.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from dagster import ConfigurableIOManagerFactory, FilesystemIOManager
+
+
+def mlops_home() -> Path:
+    """The folder that holds all local state: $MLOPS_HOME or ./.mlops_home."""
+    return Path(os.environ.get("MLOPS_HOME") or Path.cwd() / ".mlops_home").resolve()
+
+
+def dagster_home() -> Path:
+    """$DAGSTER_HOME when set, else MLOPS_HOME/dagster."""
+    return Path(os.environ.get("DAGSTER_HOME") or mlops_home() / "dagster").resolve()
+
+
+def expand_home(path: str) -> str:
+    """Expand $MLOPS_HOME (with its default) and other environment variables in a path."""
+    home = str(mlops_home())
+    return os.path.expandvars(path.replace("${MLOPS_HOME}", home).replace("$MLOPS_HOME", home))
+
+
+def asset_io_manager(base_dir: str | None = None) -> ConfigurableIOManagerFactory:
+    """The IO manager for asset values: local files under MLOPS_HOME/storage by default."""
+    return FilesystemIOManager(base_dir=base_dir or str(mlops_home() / "storage"))

@@ -1,0 +1,119 @@
+"""Great Expectations 1.x: run a suite of expectations on a pandas DataFrame."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from dagster import ConfigurableResource
+from pydantic import Field
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+
+@dataclass(frozen=True)
+class ExpectationConfig:
+    """One expectation: GX's snake-case name (expect_column_values_to_not_be_null) and kwargs."""
+
+    type: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class FailedExpectation:
+    expectation: str
+    column: str | None
+    unexpected_count: int | None
+    element_count: int | None
+    sample: list[str]
+    kwargs: dict[str, Any]
+
+    def rule(self) -> str:
+        """A readable `expectation(column)` label."""
+        return f"{self.expectation}({self.column})" if self.column else self.expectation
+
+
+@dataclass(frozen=True)
+class ValidationOutcome:
+    success: bool
+    evaluated: int
+    failures: list[FailedExpectation]
+
+
+def expectation_class_name(snake: str) -> str:
+    return "".join(part.capitalize() for part in snake.split("_"))
+
+
+class GreatExpectationsResource(ConfigurableResource):
+    """Validates DataFrames with an ephemeral GX context (nothing written to disk)."""
+
+    sample_size: int = Field(default=5, description="Bad values kept per failed expectation.")
+    catch_exceptions: bool = Field(
+        default=True,
+        description="Report an expectation that errors (e.g. a missing column) as failed "
+        "instead of aborting the whole suite.",
+    )
+
+    def build_expectation(self, config: ExpectationConfig) -> Any:
+        """The GX expectation object for a config; a clear error for an unknown name."""
+        import great_expectations as gx
+
+        cls = getattr(gx.expectations, expectation_class_name(config.type), None)
+        if cls is None or not config.type.startswith("expect_"):
+            raise ValueError(f"unknown Great Expectations expectation '{config.type}'")
+        try:
+            return cls(**config.kwargs)
+        except Exception as exc:  # pydantic errors from GX name the bad kwarg
+            raise ValueError(f"expectation '{config.type}' has invalid kwargs: {exc}") from exc
+
+    def validate(
+        self, df: pd.DataFrame, suite_name: str, expectations: list[ExpectationConfig]
+    ) -> ValidationOutcome:
+        os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+        import great_expectations as gx
+        from great_expectations.data_context.types.base import ProgressBarsConfig
+
+        context = gx.get_context(mode="ephemeral")
+        context.variables.progress_bars = ProgressBarsConfig(globally=False)
+        batch = (
+            context.data_sources.add_pandas(f"{suite_name}_source")
+            .add_dataframe_asset(f"{suite_name}_frame")
+            .add_batch_definition_whole_dataframe(f"{suite_name}_batch")
+        )
+        suite = context.suites.add(gx.ExpectationSuite(name=suite_name))
+        for config in expectations:
+            suite.add_expectation(self.build_expectation(config))
+        definition = context.validation_definitions.add(
+            gx.ValidationDefinition(name=f"{suite_name}_validation", data=batch, suite=suite)
+        )
+        result = definition.run(
+            batch_parameters={"dataframe": df},
+            result_format={
+                "result_format": "SUMMARY",
+                "partial_unexpected_count": self.sample_size,
+            },
+        )
+        failures = [self._failure(r) for r in result.results if not r.success]
+        return ValidationOutcome(
+            success=bool(result.success), evaluated=len(result.results), failures=failures
+        )
+
+    def _failure(self, result: Any) -> FailedExpectation:
+        config = result.expectation_config
+        kwargs = {k: v for k, v in config.kwargs.items() if k not in ("batch_id",)}
+        details = result.result or {}
+        sample = details.get("partial_unexpected_list") or []
+        if not sample and details.get("observed_value") is not None:
+            sample = [f"observed: {details['observed_value']}"]
+        if not sample and result.exception_info and result.exception_info.get("raised_exception"):
+            sample = [str(result.exception_info.get("exception_message", ""))[:200]]
+        return FailedExpectation(
+            expectation=config.type,
+            column=kwargs.get("column") or ",".join(kwargs.get("column_list", [])) or None,
+            unexpected_count=details.get("unexpected_count"),
+            element_count=details.get("element_count"),
+            sample=[str(v) for v in sample[: self.sample_size]],
+            kwargs={k: str(v) for k, v in kwargs.items()},
+        )
