@@ -19,6 +19,8 @@ from mlops_resources.storage import asset_io_manager
 from mlops_resources.validation import GreatExpectationsResource
 
 LIFECYCLE_JOB = "lifecycle"
+INGEST_JOB = "ingest"
+INGEST_ASSETS = ["raw_data", "validated_data", "features"]
 
 
 def build_assets(spec: PipelineSpec) -> list[Any]:
@@ -49,12 +51,19 @@ def build_definitions(spec: PipelineSpec, resources: dict[str, Any] | None = Non
         assets=build_assets(spec),
         jobs=[
             define_asset_job(
+                INGEST_JOB,
+                selection=AssetSelection.assets(*INGEST_ASSETS),
+                partitions_def=daily_partitions(spec),
+                description="Ingest one day: read, validate (blocking GX checks) and load "
+                "features into Feast.",
+            ),
+            define_asset_job(
                 LIFECYCLE_JOB,
                 selection=AssetSelection.all(),
                 partitions_def=daily_partitions(spec),
                 description="The whole lifecycle for one day: ingest, validate, features, "
                 "train, gate, predict.",
-            )
+            ),
         ],
         resources={**default_resources(), **(resources or {})},
     )

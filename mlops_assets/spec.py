@@ -184,7 +184,7 @@ class PipelineSpec(StrictModel):
     model: ModelSpec = Field(default_factory=ModelSpec)
     gate: GateSpec = Field(default_factory=GateSpec)
     expectations: list[ExpectationSpec] = Field(default_factory=list)
-    spec_dir: Path = Field(default=Path("."), exclude=True)
+    spec_path: Path | None = Field(default=None, exclude=True, description="Set by load_spec.")
 
     @field_validator("features")
     @classmethod
@@ -237,7 +237,12 @@ class PipelineSpec(StrictModel):
     def source_pattern(self) -> str:
         """The source path with environment variables expanded, absolute."""
         path = Path(expand_home(self.source.path))
-        return str(path if path.is_absolute() else self.spec_dir / path)
+        base = self.spec_path.parent if self.spec_path else Path.cwd()
+        return str(path if path.is_absolute() else base / path)
+
+    @property
+    def is_bundled_demo(self) -> bool:
+        return self.spec_path == DEMO_SPEC_PATH.resolve()
 
     def partition_dates(self) -> list[date]:
         end = self.partitions.end or date.today()
@@ -270,6 +275,6 @@ def load_spec(path: str | os.PathLike[str] | None = None) -> PipelineSpec:
     if not isinstance(raw, dict):
         raise SpecError(f"invalid pipeline spec {spec_path}: expected a mapping at the top level")
     try:
-        return PipelineSpec.model_validate({**raw, "spec_dir": spec_path.resolve().parent})
+        return PipelineSpec.model_validate({**raw, "spec_path": spec_path.resolve()})
     except ValidationError as exc:
         raise SpecError(_format_errors(spec_path, exc)) from None

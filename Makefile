@@ -1,0 +1,42 @@
+# The two commands of the README: `make demo` and `make test`. Both build .venv when needed.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+export MLOPS_HOME ?= $(CURDIR)/.mlops_home
+export DAGSTER_HOME ?= $(MLOPS_HOME)/dagster
+export GX_ANALYTICS_ENABLED := false
+export FEAST_USAGE := False
+export MLFLOW_ENABLE_TELEMETRY := false
+export DO_NOT_TRACK := 1
+
+.PHONY: install demo dev test lint mlflow-ui clean
+
+# Installs pinned versions from constraints.txt (torch 2.13.0: the CPU build where one is on disk).
+$(VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(BIN)/python -m mlops_assets demo
+
+dev: install
+	$(BIN)/python -m mlops_assets demo-data
+	mkdir -p $(DAGSTER_HOME)
+	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+
+mlflow-ui: install
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(MLOPS_HOME)/mlflow/mlflow.db -h 127.0.0.1 -p 5000
+
+test: install
+	$(BIN)/ruff check .
+	$(BIN)/pytest -q -p no:cacheprovider
+
+lint: install
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+clean:
+	rm -rf $(MLOPS_HOME)
