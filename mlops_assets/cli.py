@@ -114,7 +114,7 @@ def run_demo(spec: PipelineSpec, defs: Definitions, train_days: int) -> dict[str
     instance = prepare_dagster_home()
     runs = []
     for day, job_name in demo_schedule(spec, train_days):
-        job = defs.get_job_def(job_name)
+        job = defs.resolve_job_def(job_name)
         started = time.monotonic()
         print(f"[{day}] running {job_name} ...", file=sys.stderr, flush=True)
         result = job.execute_in_process(partition_key=day, instance=instance, raise_on_error=False)

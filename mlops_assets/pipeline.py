@@ -6,7 +6,7 @@ from typing import Any
 
 from dagster import AssetSelection, Definitions, define_asset_job
 
-from mlops_assets.data import build_raw_data, daily_partitions
+from mlops_assets.data import build_raw_data
 from mlops_assets.features import build_features, build_training_set
 from mlops_assets.inference import build_batch_predictions
 from mlops_assets.promotion import build_model_promotion
@@ -53,14 +53,12 @@ def build_definitions(spec: PipelineSpec, resources: dict[str, Any] | None = Non
             define_asset_job(
                 INGEST_JOB,
                 selection=AssetSelection.assets(*INGEST_ASSETS),
-                partitions_def=daily_partitions(spec),
                 description="Ingest one day: read, validate (blocking GX checks) and load "
                 "features into Feast.",
             ),
             define_asset_job(
                 LIFECYCLE_JOB,
                 selection=AssetSelection.all(),
-                partitions_def=daily_partitions(spec),
                 description="The whole lifecycle for one day: ingest, validate, features, "
                 "train, gate, predict.",
             ),

@@ -1,0 +1,84 @@
+"""Shared fixtures: every test state lives in a temporary MLOPS_HOME (Dagster, MLflow, Feast)."""
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("FEAST_USAGE", "False")
+os.environ.setdefault("MLFLOW_ENABLE_TELEMETRY", "false")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+
+from mlops_assets.demo_data import DEMO_START, write_demo_data  # noqa: E402
+from mlops_assets.spec import DEMO_SPEC_PATH  # noqa: E402
+
+TEST_ROWS_PER_DAY = 400
+TEST_WINDOW_DAYS = 6
+TEST_TRAIN_DAYS = 3
+
+
+def write_spec(path: Path, **overrides: object) -> Path:
+    """The demo spec with `overrides` merged in (nested dicts replace whole sections)."""
+    spec = yaml.safe_load(DEMO_SPEC_PATH.read_text())
+    spec.update(overrides)
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh MLOPS_HOME and DAGSTER_HOME for one test."""
+    monkeypatch.setenv("MLOPS_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home" / "dagster"))
+    return tmp_path / "home"
+
+
+@pytest.fixture(scope="session")
+def lifecycle(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+    """The demo lifecycle run once through the CLI on small demo data: warm-up ingest days, then
+    TEST_TRAIN_DAYS days of training, gating and scoring. Tests read the state it leaves."""
+    from mlops_assets.cli import main
+    from mlops_assets.spec import load_spec
+
+    root = tmp_path_factory.mktemp("lifecycle")
+    saved = {k: os.environ.get(k) for k in ("MLOPS_HOME", "DAGSTER_HOME", "MLOPS_CONFIG")}
+    os.environ["MLOPS_HOME"] = str(root / "home")
+    os.environ["DAGSTER_HOME"] = str(root / "home" / "dagster")
+    days = TEST_WINDOW_DAYS - 1 + TEST_TRAIN_DAYS + 2
+    write_demo_data(days=days, rows_per_day=TEST_ROWS_PER_DAY)
+    model = yaml.safe_load(DEMO_SPEC_PATH.read_text())["model"]
+    spec_path = write_spec(
+        root / "spec.yaml",
+        model={**model, "training_window_days": TEST_WINDOW_DAYS, "holdout_days": 2},
+    )
+    summary_path = root / "summary.json"
+    import contextlib
+    import io
+    import json
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = main(
+            ["demo", "--json", "--config", str(spec_path), "--train-days", str(TEST_TRAIN_DAYS)]
+        )
+    summary_path.write_text(out.getvalue())
+    try:
+        yield {
+            "root": root,
+            "home": root / "home",
+            "spec_path": spec_path,
+            "spec": load_spec(spec_path),
+            "exit_code": code,
+            "stdout": out.getvalue(),
+            "summary": json.loads(out.getvalue()),
+            "first_day": DEMO_START,
+        }
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
