@@ -63,7 +63,7 @@ def build_batch_predictions(spec: PipelineSpec) -> AssetsDefinition:
             return
         entities = validated_data[[spec.entity_key, spec.timestamp]]
         rows = feast.historical_features(entities, feature_refs(spec))
-        model = load_model_version(spec.model_name, champion.version)
+        model = load_model_version(spec.model_name, champion)
         predictions = pd.concat(
             [
                 rows[[spec.entity_key, spec.timestamp]].reset_index(drop=True),
@@ -71,17 +71,17 @@ def build_batch_predictions(spec: PipelineSpec) -> AssetsDefinition:
             ],
             axis=1,
         )
-        predictions["model_version"] = champion.version
+        predictions["model_version"] = champion
         summary = prediction_summary(predictions, spec)
-        context.log.info(f"scored {len(predictions)} rows with champion v{champion.version}")
+        context.log.info(f"scored {len(predictions)} rows with champion v{champion}")
         yield Output(
             predictions,
             metadata={
                 "dagster/row_count": len(predictions),
-                "champion_version": champion.version,
+                "champion_version": champion,
                 "prediction_distribution": MetadataValue.json(summary),
                 "mlflow_model_version": MetadataValue.url(
-                    mlflow.model_version_url(spec.model_name, champion.version)
+                    mlflow.model_version_url(spec.model_name, champion)
                 ),
             },
         )

@@ -155,8 +155,7 @@ def build_model_promotion(spec: PipelineSpec) -> AssetsDefinition:
         before = mlflow.champion(name)
         moved = False
         for _attempt in range(MAX_PROMOTION_ATTEMPTS):
-            champion = mlflow.champion(name)
-            champion_version = champion.version if champion else None
+            champion_version = mlflow.champion(name)
             if champion_version == version:
                 blessing = Blessing(True, version, f"v{version} is already the champion")
                 break
@@ -211,8 +210,8 @@ def build_model_promotion(spec: PipelineSpec) -> AssetsDefinition:
             "version": version,
             "blessed": blessing.blessed,
             "baseline_version": blessing.baseline_version,
-            "champion_before": before.version if before else None,
-            "champion_after": after.version if after else None,
+            "champion_before": before,
+            "champion_after": after,
             "champion_moved": moved,
             "message": blessing.message,
             "rules": blessing.rules,

@@ -13,7 +13,6 @@ from mlops_resources.storage import mlops_home
 
 if TYPE_CHECKING:
     from mlflow import ActiveRun, MlflowClient
-    from mlflow.entities.model_registry import ModelVersion
 
 CHAMPION_ALIAS = "champion"
 
@@ -95,14 +94,15 @@ class MLflowResource(ConfigurableResource):
     def model_version_url(self, name: str, version: str | int) -> str:
         return f"{self.ui_url}/#/models/{name}/versions/{version}"
 
-    def champion(self, name: str) -> ModelVersion | None:
-        """The version the `champion` alias points at, or None."""
+    def champion(self, name: str) -> str | None:
+        """The version number the `champion` alias points at (a string), or None."""
         from mlflow.exceptions import MlflowException
 
         try:
-            return self.client().get_model_version_by_alias(name, CHAMPION_ALIAS)
+            version = self.client().get_model_version_by_alias(name, CHAMPION_ALIAS)
         except MlflowException:
             return None
+        return str(version.version)
 
     def tag_version(self, name: str, version: str | int, tags: dict[str, Any]) -> None:
         client = self.client()
@@ -115,8 +115,7 @@ class MLflowResource(ConfigurableResource):
         Raises PromotionConflict when another promotion moved the alias meanwhile, so the caller
         re-evaluates against the new champion instead of overwriting it blindly.
         """
-        current = self.champion(name)
-        current_version = current.version if current else None
+        current_version = self.champion(name)
         if current_version != expected:
             raise PromotionConflict(
                 f"champion of {name} moved from {expected} to {current_version} during evaluation"

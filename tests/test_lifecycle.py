@@ -8,7 +8,7 @@ from dagster import AssetKey, DagsterInstance
 from mlops_assets.features import feature_refs
 from mlops_assets.pipeline import INGEST_JOB, LIFECYCLE_JOB
 from mlops_resources.feast_store import FeastResource
-from mlops_resources.mlflow_tracking import MLflowResource
+from mlops_resources.mlflow_tracking import CHAMPION_ALIAS, MLflowResource
 from tests.conftest import TEST_ROWS_PER_DAY, TEST_TRAIN_DAYS, TEST_WINDOW_DAYS
 
 
@@ -42,9 +42,9 @@ def test_cli_summary_reports_every_run(lifecycle):
 
 def test_champion_is_set_and_tagged(lifecycle):
     mlflow = MLflowResource()
-    champion = mlflow.champion(lifecycle["spec"].model_name)
-    assert champion is not None
-    assert champion.version == lifecycle["summary"]["champion_version"]
+    name = lifecycle["spec"].model_name
+    assert mlflow.champion(name) == lifecycle["summary"]["champion_version"]
+    champion = mlflow.client().get_model_version_by_alias(name, CHAMPION_ALIAS)
     assert champion.tags["mlops.blessed"] == "True"
     assert champion.tags["mlops.model_kind"] == "hist_gradient_boosting"
 
