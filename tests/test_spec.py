@@ -1,0 +1,55 @@
+"""The pipeline spec: the demo loads; bad specs fail with the file, the key and the rule."""
+
+import pytest
+import yaml
+
+from mlops_assets.spec import DEMO_SPEC_PATH, SpecError, load_spec
+from tests.conftest import write_spec
+
+
+def test_demo_spec_loads():
+    spec = load_spec(DEMO_SPEC_PATH)
+    assert spec.is_bundled_demo
+    assert spec.model_name == "loan_default_model"
+    assert len(spec.feature_names) == 9
+
+
+def test_mlops_config_selects_the_spec(tmp_path, monkeypatch):
+    path = write_spec(tmp_path / "mine.yaml", name="mine")
+    monkeypatch.setenv("MLOPS_CONFIG", str(path))
+    assert load_spec().name == "mine"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        ({"lable": "defaulted"}, "lable: unknown key"),
+        ({"task": "clustering"}, "task: Input should be"),
+        ({"features": [{"name": "x", "type": "numeric", "min": 5, "max": 1}]}, "min 5.0 is above"),
+        ({"features": [{"name": "x", "type": "numeric", "alowed": [1]}]}, "alowed: unknown key"),
+        ({"gate": {"value_thresholds": {"auc": {"min": 0.7}}}}, "unknown metric(s) ['auc']"),
+        ({"gate": {"value_thresholds": {"roc_auc": {"max": 0.7}}}}, "so give min, not max"),
+        ({"model": {"training_window_days": 3, "holdout_days": 3}}, "must be smaller"),
+        ({"partitions": {"start": "2024-02-01", "end": "2024-01-01"}}, "must be after start"),
+        ({"label": "income"}, "used both as feature and as key/label"),
+        ({"name": "../escape"}, "name: String should match pattern"),
+    ],
+)
+def test_bad_spec_names_file_key_and_rule(tmp_path, overrides, expected):
+    path = write_spec(tmp_path / "bad.yaml", **overrides)
+    with pytest.raises(SpecError) as error:
+        load_spec(path)
+    assert str(path) in str(error.value)
+    assert expected in str(error.value)
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(SpecError, match="pipeline spec not found"):
+        load_spec(tmp_path / "nope.yaml")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("name: [unclosed")
+    with pytest.raises(SpecError, match="not valid YAML"):
+        load_spec(broken)
+    broken.write_text(yaml.safe_dump(["a", "list"]))
+    with pytest.raises(SpecError, match="mapping at the top level"):
+        load_spec(broken)
