@@ -4,10 +4,11 @@ VENV := .venv
 BIN := $(VENV)/bin
 export MLOPS_HOME ?= $(CURDIR)/.mlops_home
 export DAGSTER_HOME ?= $(MLOPS_HOME)/dagster
-export GX_ANALYTICS_ENABLED := false
-export FEAST_USAGE := False
-export MLFLOW_ENABLE_TELEMETRY := false
-export DO_NOT_TRACK := 1
+# No telemetry (the code sets the same defaults; see mlops_resources/storage.py).
+export GX_ANALYTICS_ENABLED ?= false
+export FEAST_USAGE ?= False
+export MLFLOW_DISABLE_TELEMETRY ?= true
+export DO_NOT_TRACK ?= 1
 
 .PHONY: install demo dev test lint mlflow-ui clean
 

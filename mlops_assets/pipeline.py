@@ -15,7 +15,7 @@ from mlops_assets.training import build_candidate_model
 from mlops_assets.validation import build_validated_data
 from mlops_resources.feast_store import FeastResource
 from mlops_resources.mlflow_tracking import MLflowResource
-from mlops_resources.storage import asset_io_manager
+from mlops_resources.storage import asset_io_manager, disable_telemetry
 from mlops_resources.validation import GreatExpectationsResource
 
 LIFECYCLE_JOB = "lifecycle"
@@ -47,6 +47,7 @@ def default_resources() -> dict[str, Any]:
 
 
 def build_definitions(spec: PipelineSpec, resources: dict[str, Any] | None = None) -> Definitions:
+    disable_telemetry()
     return Definitions(
         assets=build_assets(spec),
         jobs=[

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -10,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from dagster import ConfigurableResource
 from pydantic import Field, PrivateAttr
 
-from mlops_resources.storage import mlops_home
+from mlops_resources.storage import disable_telemetry, mlops_home
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -51,7 +50,7 @@ class FeastResource(ConfigurableResource):
 
     def store(self) -> FeatureStore:
         if self._store is None:
-            os.environ.setdefault("FEAST_USAGE", "False")
+            disable_telemetry()
             from feast import FeatureStore, RepoConfig
 
             self.root.mkdir(parents=True, exist_ok=True)

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from dagster import ConfigurableResource, InitResourceContext
 from pydantic import Field, PrivateAttr
 
-from mlops_resources.storage import mlops_home
+from mlops_resources.storage import disable_telemetry, mlops_home
 
 if TYPE_CHECKING:
     from mlflow import ActiveRun, MlflowClient
@@ -60,6 +60,7 @@ class MLflowResource(ConfigurableResource):
         return self.artifact_location or (mlops_home() / "mlflow" / "artifacts").as_uri()
 
     def client(self) -> MlflowClient:
+        disable_telemetry()
         from mlflow import MlflowClient
 
         return MlflowClient(

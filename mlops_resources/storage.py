@@ -12,6 +12,19 @@ from pathlib import Path
 
 from dagster import ConfigurableIOManagerFactory, FilesystemIOManager
 
+TELEMETRY_OFF = {
+    "GX_ANALYTICS_ENABLED": "false",
+    "FEAST_USAGE": "False",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "DO_NOT_TRACK": "1",
+}
+
+
+def disable_telemetry() -> None:
+    """Keep the libraries from phoning home or writing outside MLOPS_HOME (user may override)."""
+    for key, value in TELEMETRY_OFF.items():
+        os.environ.setdefault(key, value)
+
 
 def mlops_home() -> Path:
     """The folder that holds all local state: $MLOPS_HOME or ./.mlops_home."""

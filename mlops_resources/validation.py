@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from dagster import ConfigurableResource
 from pydantic import Field
+
+from mlops_resources.storage import disable_telemetry
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -71,7 +72,7 @@ class GreatExpectationsResource(ConfigurableResource):
     def validate(
         self, df: pd.DataFrame, suite_name: str, expectations: list[ExpectationConfig]
     ) -> ValidationOutcome:
-        os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+        disable_telemetry()
         import great_expectations as gx
         from great_expectations.data_context.types.base import ProgressBarsConfig
 

@@ -7,13 +7,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
-os.environ.setdefault("FEAST_USAGE", "False")
-os.environ.setdefault("MLFLOW_ENABLE_TELEMETRY", "false")
-os.environ.setdefault("DO_NOT_TRACK", "1")
+from mlops_assets.demo_data import DEMO_START, write_demo_data
+from mlops_assets.spec import DEMO_SPEC_PATH
+from mlops_resources.storage import disable_telemetry
 
-from mlops_assets.demo_data import DEMO_START, write_demo_data  # noqa: E402
-from mlops_assets.spec import DEMO_SPEC_PATH  # noqa: E402
+disable_telemetry()
 
 TEST_ROWS_PER_DAY = 400
 TEST_WINDOW_DAYS = 6
