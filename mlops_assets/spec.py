@@ -203,6 +203,11 @@ class PipelineSpec(StrictModel):
         clash = sorted(reserved & set(self.feature_names))
         if clash:
             raise ValueError(f"columns {clash} are used both as feature and as key/label")
+        if self.classes is not None:
+            if not self.is_classification:
+                raise ValueError("classes: only classification tasks have classes")
+            if self.task == Task.binary_classification and len(set(self.classes)) != 2:
+                raise ValueError(f"classes: a binary task needs exactly 2, got {self.classes}")
         known = METRICS_BY_TASK[self.task]
         for section in ("value_thresholds", "change_thresholds"):
             unknown = sorted(set(getattr(self.gate, section)) - set(known))

@@ -43,6 +43,21 @@ class ValidationOutcome:
     failures: list[FailedExpectation]
 
 
+def exception_messages(info: Any) -> list[str]:
+    """Messages of exceptions GX caught while evaluating an expectation (e.g. missing column).
+
+    GX 1.x reports them either flat ({raised_exception, exception_message}) or keyed by metric.
+    """
+    if not isinstance(info, dict):
+        return []
+    entries = [info] if "raised_exception" in info else list(info.values())
+    return [
+        f"error: {str(entry.get('exception_message', ''))[:200]}"
+        for entry in entries
+        if isinstance(entry, dict) and entry.get("raised_exception")
+    ]
+
+
 def expectation_class_name(snake: str) -> str:
     return "".join(part.capitalize() for part in snake.split("_"))
 
@@ -51,11 +66,6 @@ class GreatExpectationsResource(ConfigurableResource):
     """Validates DataFrames with an ephemeral GX context (nothing written to disk)."""
 
     sample_size: int = Field(default=5, description="Bad values kept per failed expectation.")
-    catch_exceptions: bool = Field(
-        default=True,
-        description="Report an expectation that errors (e.g. a missing column) as failed "
-        "instead of aborting the whole suite.",
-    )
 
     def build_expectation(self, config: ExpectationConfig) -> Any:
         """The GX expectation object for a config; a clear error for an unknown name."""
@@ -108,8 +118,8 @@ class GreatExpectationsResource(ConfigurableResource):
         sample = details.get("partial_unexpected_list") or []
         if not sample and details.get("observed_value") is not None:
             sample = [f"observed: {details['observed_value']}"]
-        if not sample and result.exception_info and result.exception_info.get("raised_exception"):
-            sample = [str(result.exception_info.get("exception_message", ""))[:200]]
+        if not sample:
+            sample = exception_messages(result.exception_info)
         return FailedExpectation(
             expectation=config.type,
             column=kwargs.get("column") or ",".join(kwargs.get("column_list", [])) or None,

@@ -23,13 +23,15 @@ def test_gx_reports_counts_and_samples_per_failed_rule():
             ),
             ExpectationConfig("expect_column_values_to_be_unique", {"column": "id"}),
             ExpectationConfig("expect_column_to_exist", {"column": "missing"}),
+            ExpectationConfig("expect_column_values_to_not_be_null", {"column": "missing"}),
         ],
     )
-    assert not outcome.success and outcome.evaluated == 4
+    assert not outcome.success and outcome.evaluated == 5
     failed = {f.rule(): f for f in outcome.failures}
     assert failed["expect_column_values_to_not_be_null(x)"].unexpected_count == 1
     assert failed["expect_column_values_to_be_between(x)"].sample == ["7.0", "9.0"]
     assert "expect_column_to_exist(missing)" in failed
+    assert "error:" in failed["expect_column_values_to_not_be_null(missing)"].sample[0]
     assert "expect_column_values_to_be_unique(id)" not in failed
 
 

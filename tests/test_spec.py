@@ -33,6 +33,7 @@ def test_mlops_config_selects_the_spec(tmp_path, monkeypatch):
         ({"partitions": {"start": "2024-02-01", "end": "2024-01-01"}}, "must be after start"),
         ({"label": "income"}, "used both as feature and as key/label"),
         ({"name": "../escape"}, "name: String should match pattern"),
+        ({"classes": ["0", "1", "2"]}, "a binary task needs exactly 2"),
     ],
 )
 def test_bad_spec_names_file_key_and_rule(tmp_path, overrides, expected):
