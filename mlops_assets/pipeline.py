@@ -16,6 +16,7 @@ from mlops_assets.validation import build_validated_data
 from mlops_resources.feast_store import FeastResource
 from mlops_resources.mlflow_tracking import MLflowResource
 from mlops_resources.storage import asset_io_manager, disable_telemetry
+from mlops_resources.torch_executor import TorchExecutorResource
 from mlops_resources.validation import GreatExpectationsResource
 
 LIFECYCLE_JOB = "lifecycle"
@@ -43,6 +44,7 @@ def default_resources() -> dict[str, Any]:
         "mlflow": MLflowResource(),
         "feast": FeastResource(),
         "gx": GreatExpectationsResource(),
+        "torch_executor": TorchExecutorResource(),
     }
 
 

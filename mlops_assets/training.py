@@ -20,9 +20,12 @@ from mlops_assets.data import daily_partitions
 from mlops_assets.features import SPLIT_COLUMN
 from mlops_assets.spec import PipelineSpec, Task
 from mlops_resources.mlflow_tracking import MLflowResource
+from mlops_resources.storage import mlops_home
+from mlops_resources.torch_executor import TorchExecutorResource
 
 LOAD_CHECK = "loads_and_predicts"
 KIND_TAG = "mlops.model_kind"
+TORCH_KIND = "torch_mlp"
 
 
 def positive_class(spec: PipelineSpec, classes: np.ndarray) -> Any:
@@ -116,10 +119,61 @@ def split(df: pd.DataFrame, spec: PipelineSpec, part: str) -> tuple[pd.DataFrame
 
 
 def load_model_version(name: str, version: str) -> Any:
-    """Load a registered version in its native flavor (skops for scikit-learn: no unpickling)."""
+    """Load a registered version in its native flavor, never by unpickling: skops for
+    scikit-learn, a weights-only state_dict for torch."""
+    import mlflow.models
     import mlflow.sklearn
 
-    return mlflow.sklearn.load_model(f"models:/{name}/{version}")
+    uri = f"models:/{name}/{version}"
+    flavors = mlflow.models.get_model_info(uri).flavors
+    if "sklearn" in flavors:
+        return mlflow.sklearn.load_model(uri)
+    if "pytorch" in flavors:
+        from mlops_resources.torch_executor import load_torch_model
+
+        return load_torch_model(uri)
+    raise ValueError(f"{uri}: unsupported model flavors {sorted(flavors)}")
+
+
+def train_model(
+    spec: PipelineSpec,
+    context: AssetExecutionContext,
+    training_set: pd.DataFrame,
+    torch_executor: TorchExecutorResource,
+) -> Any:
+    """Fit the spec's model kind; call inside an active MLflow run (torch logs per epoch)."""
+    X_train, y_train = split(training_set, spec, "train")
+    context.log.info(f"training {spec.model.kind} on {len(X_train)} rows")
+    if spec.model.kind != TORCH_KIND:
+        return build_estimator(spec).fit(X_train, y_train)
+    import mlflow as mlflow_api
+
+    columns = [*spec.feature_names, spec.label]
+    return torch_executor.fit(
+        training_set.loc[training_set[SPLIT_COLUMN] == "train", columns],
+        training_set.loc[training_set[SPLIT_COLUMN] == "holdout", columns],
+        numeric=[f.name for f in spec.features if f.type == "numeric"],
+        categorical=[f.name for f in spec.features if f.type == "categorical"],
+        label=spec.label,
+        task=spec.task.value,
+        classes=spec.classes,
+        seed=spec.model.seed,
+        checkpoint_dir=mlops_home() / "checkpoints" / spec.name / context.partition_key,
+        log=context.log,
+        log_metric=lambda name, value, step: mlflow_api.log_metric(name, value, step=step),
+        pipes_context=context,
+    )
+
+
+def log_model(model: Any, spec: PipelineSpec, X_example: pd.DataFrame) -> Any:
+    """Log and register the model in its flavor; returns MLflow's ModelInfo."""
+    if spec.model.kind == TORCH_KIND:
+        from mlops_resources.torch_executor import log_torch_model
+
+        return log_torch_model(
+            model, name="model", registered_model_name=spec.model_name, input_example=X_example
+        )
+    return log_sklearn_model(model, spec, X_example)
 
 
 def log_sklearn_model(model: Any, spec: PipelineSpec, X_example: pd.DataFrame) -> Any:
@@ -172,24 +226,27 @@ def build_candidate_model(spec: PipelineSpec) -> AssetsDefinition:
                 "predicts on holdout rows.",
             )
         ],
-        kinds={"mlflow", "scikit-learn"},
+        kinds={"mlflow", "pytorch" if spec.model.kind == TORCH_KIND else "scikit-learn"},
     )
     def candidate_model(
-        context: AssetExecutionContext, mlflow: MLflowResource, training_set: pd.DataFrame
+        context: AssetExecutionContext,
+        mlflow: MLflowResource,
+        torch_executor: TorchExecutorResource,
+        training_set: pd.DataFrame,
     ):
         import mlflow as mlflow_api
 
-        X_train, y_train = split(training_set, spec, "train")
+        X_train, _ = split(training_set, spec, "train")
         X_hold, y_hold = split(training_set, spec, "holdout")
-        model = build_estimator(spec)
-        context.log.info(f"training {spec.model.kind} on {len(X_train)} rows")
-        model.fit(X_train, y_train)
-        metrics = evaluate(model, X_hold, y_hold, spec)
-        context.log.info(f"holdout metrics: {metrics}")
         with mlflow.start_run(
             run_name=f"{spec.name}-{context.partition_key}",
             tags={"dagster.run_id": context.run_id, "dagster.partition": context.partition_key},
         ) as run:
+            model = train_model(spec, context, training_set, torch_executor)
+            metrics = evaluate(model, X_hold, y_hold, spec)
+            context.log.info(f"holdout metrics: {metrics}")
+            device = torch_executor.device_info() if spec.model.kind == TORCH_KIND else {}
+            mlflow_api.log_params(device)
             mlflow_api.log_params(
                 {
                     "model_kind": spec.model.kind,
@@ -210,7 +267,7 @@ def build_candidate_model(spec: PipelineSpec) -> AssetsDefinition:
                 ),
                 context="training",
             )
-            info = log_sklearn_model(model, spec, X_train.head(50))
+            info = log_model(model, spec, X_train.head(50))
         version = str(info.registered_model_version)
         mlflow.tag_version(
             spec.model_name,
@@ -241,6 +298,7 @@ def build_candidate_model(spec: PipelineSpec) -> AssetsDefinition:
                     mlflow.model_version_url(spec.model_name, version)
                 ),
                 "mlflow_run_id": run.info.run_id,
+                **({"device": MetadataValue.json(device)} if device else {}),
                 **{f"holdout_{k}": v for k, v in metrics.items()},
             },
         )

@@ -41,11 +41,16 @@ class MLflowResource(ConfigurableResource):
     _experiment_id: str = PrivateAttr(default="")
 
     def setup_for_execution(self, context: InitResourceContext) -> None:
+        self._activate()
+
+    def _activate(self) -> None:
+        """Point MLflow's process-wide fluent API (runs, log_model, registry) at this store."""
         import mlflow
 
         mlflow.set_tracking_uri(self.resolved_tracking_uri)
         mlflow.set_registry_uri(self.resolved_tracking_uri)
-        self._experiment_id = self._ensure_experiment()
+        if not self._experiment_id:
+            self._experiment_id = self._ensure_experiment()
 
     @property
     def resolved_tracking_uri(self) -> str:
@@ -81,9 +86,7 @@ class MLflowResource(ConfigurableResource):
         """Start a run in the configured experiment; it ends (FAILED on error) on exit."""
         import mlflow
 
-        if not self._experiment_id:
-            mlflow.set_tracking_uri(self.resolved_tracking_uri)
-            self._experiment_id = self._ensure_experiment()
+        self._activate()
         with mlflow.start_run(
             experiment_id=self._experiment_id, run_name=run_name, tags=tags or {}
         ) as run:

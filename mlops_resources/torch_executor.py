@@ -125,15 +125,17 @@ class TabularSpec:
             raise KeyError(f"feature columns missing from the input: {missing}")
         n = len(df)
         if self.numeric:
-            raw = df[self.numeric].apply(pd.to_numeric, errors="coerce").to_numpy(np.float64)
+            block = df[self.numeric]
+            if not all(pd.api.types.is_numeric_dtype(t) for t in block.dtypes):
+                block = block.apply(pd.to_numeric, errors="coerce")
+            raw = block.to_numpy(np.float64, na_value=np.nan)
             raw = np.where(np.isnan(raw), np.asarray(self.medians), raw)
             x_num = ((raw - np.asarray(self.means)) / np.asarray(self.stds)).astype(np.float32)
         else:
             x_num = np.zeros((n, 0), dtype=np.float32)
         x_cat = np.zeros((n, len(self.categorical)), dtype=np.int64)
         for j, (col, vocab) in enumerate(zip(self.categorical, self.vocab, strict=True)):
-            values = df[col].astype("string")
-            x_cat[:, j] = pd.Categorical(values, categories=vocab).codes.astype(np.int64) + 1
+            x_cat[:, j] = pd.Index(vocab, dtype=object).get_indexer(_as_strings(df[col])) + 1
         return np.ascontiguousarray(x_num), x_cat
 
     def encode_flat(self, df: pd.DataFrame) -> np.ndarray:
@@ -157,6 +159,18 @@ class TabularSpec:
         if self.task == "binary_classification":
             return (codes == len(self.classes) - 1).astype(np.float32)
         return codes.astype(np.int64)
+
+
+def _as_strings(series: pd.Series) -> pd.Series:
+    """Category values as str (missing stays missing); cheap when they already are str."""
+    import pandas as pd
+
+    if series.dtype == object and pd.api.types.infer_dtype(series, skipna=True) in (
+        "string",
+        "empty",
+    ):
+        return series
+    return series.astype("string").astype(object)
 
 
 def _embedding_dim(cardinality: int, configured: int) -> int:
@@ -203,7 +217,7 @@ def fit_spec(
         stds.append(std if std > 1e-12 and math.isfinite(std) else 1.0)
     vocab = []
     for col in categorical:
-        counts = train[col].astype("string").value_counts(dropna=True)
+        counts = _as_strings(train[col]).value_counts(dropna=True)
         vocab.append(sorted(str(v) for v in counts[counts >= MIN_CATEGORY_COUNT].index))
     target_mean, target_std = 0.0, 1.0
     if task == "regression":
@@ -472,25 +486,19 @@ class TrainOutcome:
     stop_reason: str
 
 
-def run_fingerprint(spec: TabularSpec, settings: TrainSettings, data_hash: str) -> str:
-    """What a checkpoint must match to be resumed: architecture, stats, data, hyperparameters."""
+def run_fingerprint(
+    spec: TabularSpec, settings: TrainSettings, arrays: Sequence[Sequence[np.ndarray]]
+) -> str:
+    """What a checkpoint must match to be resumed: architecture, stats, encoded data (train and
+    holdout, row order included) and the hyperparameters that shape the trajectory."""
     keys = ("seed", "batch_size", "learning_rate", "precision")
-    payload = {
-        "spec": spec.to_json(),
-        "settings": {k: getattr(settings, k) for k in keys},
-        "data": data_hash,
-    }
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
-
-
-def data_hash(*frames: pd.DataFrame) -> str:
-    """Content hash of the frames (row order matters)."""
-    import pandas as pd
-
-    digest = hashlib.sha256()
-    for frame in frames:
-        digest.update(",".join(map(str, frame.columns)).encode())
-        digest.update(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes())
+    digest = hashlib.blake2b(digest_size=32)
+    digest.update(spec.to_json().encode())
+    digest.update(json.dumps({k: getattr(settings, k) for k in keys}, sort_keys=True).encode())
+    for group in arrays:
+        for array in group:
+            digest.update(f"{array.dtype}{array.shape}".encode())
+            digest.update(np.ascontiguousarray(array).data)
     return digest.hexdigest()
 
 
@@ -547,12 +555,19 @@ def _load_checkpoint(
     return None
 
 
-def _roc_auc(y: np.ndarray, score: np.ndarray) -> float:
-    from sklearn.metrics import roc_auc_score
-
-    if len(np.unique(y)) < 2:
+def roc_auc(y: np.ndarray, score: np.ndarray) -> float:
+    """ROC AUC (Mann-Whitney, ties averaged); NaN when only one class is present."""
+    positive = np.asarray(y) > 0.5
+    n_pos = int(positive.sum())
+    n_neg = len(positive) - n_pos
+    if n_pos == 0 or n_neg == 0:
         return float("nan")
-    return float(roc_auc_score(y, score))
+    order = np.argsort(score, kind="mergesort")
+    ordered = np.asarray(score)[order]
+    group = np.cumsum(np.r_[True, ordered[1:] != ordered[:-1]]) - 1
+    ranks = np.bincount(group, weights=np.arange(1, len(ordered) + 1)) / np.bincount(group)
+    rank_sum = ranks[group][positive[order]].sum()
+    return float((rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
 def _evaluate(
@@ -579,25 +594,25 @@ def _evaluate(
         out = torch.cat(outs)
         if spec.task == "binary_classification":
             loss = F.binary_cross_entropy_with_logits(out[:, 0], y).item()
-            metric = ("holdout_roc_auc", _roc_auc(y.cpu().numpy(), out[:, 0].cpu().numpy()))
+            metric = ("epoch_holdout_roc_auc", roc_auc(y.cpu().numpy(), out[:, 0].cpu().numpy()))
         elif spec.task == "multiclass_classification":
             loss = F.cross_entropy(out, y).item()
-            metric = ("holdout_accuracy", (out.argmax(1) == y).float().mean().item())
+            metric = ("epoch_holdout_accuracy", (out.argmax(1) == y).float().mean().item())
         else:
             loss = F.mse_loss(out[:, 0], y).item()
-            metric = ("holdout_rmse", math.sqrt(loss) * spec.target_std)
+            metric = ("epoch_holdout_rmse", math.sqrt(loss) * spec.target_std)
     net.train()
     return loss, metric[0], float(metric[1])
 
 
-def _loss_sum_fn(task: str) -> Callable[[Any, Any], Any]:
+def _loss_fn(task: str, reduction: str) -> Callable[[Any, Any], Any]:
     import torch.nn.functional as F  # noqa: N812
 
     if task == "binary_classification":
-        return lambda out, y: F.binary_cross_entropy_with_logits(out[:, 0], y, reduction="sum")
+        return lambda out, y: F.binary_cross_entropy_with_logits(out[:, 0], y, reduction=reduction)
     if task == "multiclass_classification":
-        return lambda out, y: F.cross_entropy(out, y, reduction="sum")
-    return lambda out, y: F.mse_loss(out[:, 0], y, reduction="sum")
+        return lambda out, y: F.cross_entropy(out, y, reduction=reduction)
+    return lambda out, y: F.mse_loss(out[:, 0], y, reduction=reduction)
 
 
 def run_training(
@@ -673,8 +688,12 @@ def run_training(
     n = len(y)
     if n == 0 or len(holdout[2]) == 0:
         raise ValueError("train and holdout must both contain rows")
-    loss_sum = _loss_sum_fn(spec.task)
+    # one process: mean loss per batch. DDP: sum over this rank's shard / global batch size *
+    # world size, so that DDP's gradient averaging gives the global-batch mean.
+    loss_fn = _loss_fn(spec.task, "sum" if distributed else "mean")
     autocast = functools.partial(_autocast, device, settings.precision)
+    if settings.precision == "fp32":
+        autocast = contextlib.nullcontext
     batch = settings.batch_size
     epochs_run: list[int] = []
     stop_reason = "max_epochs"
@@ -693,26 +712,33 @@ def run_training(
         model.train()
         generator = torch.Generator().manual_seed(settings.seed * 100_003 + epoch)
         perm = torch.randperm(n, generator=generator).to(device)
-        total = torch.zeros((), device=device)
+        batch_losses = []
         for begin in range(0, n, batch):
             idx = perm[begin : begin + batch]
-            scale = world_size / idx.numel()
             if distributed:
+                scale = world_size / idx.numel()
                 idx = idx[rank::world_size]
             with autocast():
                 out = model(x_num[idx], x_cat[idx])
-            batch_loss = loss_sum(out.float(), y[idx])
+            batch_loss = loss_fn(out.float(), y[idx])
+            batch_losses.append(batch_loss.detach())
+            if distributed:
+                batch_loss = batch_loss * scale
             optimizer.zero_grad(set_to_none=True)
             if scaler is not None:
-                scaler.scale(batch_loss * scale).backward()
+                scaler.scale(batch_loss).backward()
                 scaler.step(optimizer)
                 scaler.update()
             else:
-                (batch_loss * scale).backward()
+                batch_loss.backward()
                 optimizer.step()
-            total += batch_loss.detach()
+        losses = torch.stack(batch_losses).double()
+        if not distributed:  # batch means -> sum over rows (the last batch may be smaller)
+            sizes = torch.full_like(losses, float(batch))
+            sizes[-1] = n - batch * (len(batch_losses) - 1)
+            losses = losses * sizes
         stats = torch.zeros(3, dtype=torch.float64, device=device)
-        stats[0] = total
+        stats[0] = losses.sum()
         metric_name = ""
         if rank == 0:
             assert holdout_t is not None
@@ -812,8 +838,11 @@ class TorchTabularModel:
         best_epoch: int | None = None,
         stop_reason: str | None = None,
     ) -> None:
+        import torch
+
         self.spec = spec
-        self.network = build_network(spec)
+        with torch.random.fork_rng(devices=[]):  # building initialises weights: keep caller RNG
+            self.network = build_network(spec)
         self.network.load_state_dict(state_dict)
         self.network.eval()
         self.history = list(history or [])
@@ -1005,6 +1034,10 @@ def run_ddp_job(
 
     spec = TabularSpec.from_json(job["spec"])
     settings = TrainSettings(**job["settings"])
+    precision, message = resolve_precision(device.type, settings.precision)
+    if message and rank == 0:
+        log.warning(message)
+    settings = dataclasses.replace(settings, precision=precision)
     columns = [*spec.features, spec.label]
     frames = [pd.read_parquet(job[key], columns=columns) for key in ("train", "holdout")]
     arrays = [(*spec.encode_features(f), spec.encode_target(f[spec.label])) for f in frames]
@@ -1108,6 +1141,8 @@ class TorchExecutorResource(ConfigurableResource):
             "hidden_sizes": all(h >= 1 for h in self.hidden_sizes),
             "embedding_dim": self.embedding_dim >= 0,
             "timeout_seconds": self.timeout_seconds > 0,
+            "precision": self.precision in PRECISIONS,
+            "device": self.device.lower().strip() in DEVICES,
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
@@ -1137,7 +1172,7 @@ class TorchExecutorResource(ConfigurableResource):
         )
         return info
 
-    def fit(
+    def _plan(
         self,
         train: pd.DataFrame,
         holdout: pd.DataFrame,
@@ -1148,19 +1183,10 @@ class TorchExecutorResource(ConfigurableResource):
         task: str,
         classes: list[str] | None,
         seed: int,
-        checkpoint_dir: Path,
-        log: logging.Logger,
-        log_metric: MetricLogger,
-        pipes_context: AssetExecutionContext | None = None,
-    ) -> TorchTabularModel:
-        """Train on ``train`` with early stopping on ``holdout``; resume from checkpoint_dir.
-
-        Per-epoch ``train_loss``, ``holdout_loss`` and the holdout metric (``holdout_roc_auc``,
-        ``holdout_accuracy`` or ``holdout_rmse``) go to ``log_metric(name, value, epoch)``.
-        The returned model holds the weights of the best holdout epoch.
-        """
+        precision: str,
+    ) -> tuple[TabularSpec, TrainSettings, list[tuple[np.ndarray, ...]], str]:
+        """Preprocessing spec, settings, encoded arrays and the checkpoint fingerprint."""
         self._validate()
-        device, precision = self.resolve(log)
         spec = fit_spec(
             train,
             numeric=numeric,
@@ -1181,8 +1207,48 @@ class TorchExecutorResource(ConfigurableResource):
             precision=precision,
             deadline=time.time() + self.timeout_seconds,
         )
-        columns = [*spec.features, label]
-        fingerprint = run_fingerprint(spec, settings, data_hash(train[columns], holdout[columns]))
+        arrays = [
+            (*spec.encode_features(f), spec.encode_target(f[label])) for f in (train, holdout)
+        ]
+        return spec, settings, arrays, run_fingerprint(spec, settings, arrays)
+
+    def fit(
+        self,
+        train: pd.DataFrame,
+        holdout: pd.DataFrame,
+        *,
+        numeric: list[str],
+        categorical: list[str],
+        label: str,
+        task: str,
+        classes: list[str] | None,
+        seed: int,
+        checkpoint_dir: Path,
+        log: logging.Logger,
+        log_metric: MetricLogger,
+        pipes_context: AssetExecutionContext | None = None,
+    ) -> TorchTabularModel:
+        """Train on ``train`` with early stopping on ``holdout``; resume from checkpoint_dir.
+
+        Per-epoch ``train_loss``, ``holdout_loss`` and the holdout metric
+        (``epoch_holdout_roc_auc``, ``epoch_holdout_accuracy`` or ``epoch_holdout_rmse``) go to
+        ``log_metric(name, value, epoch)``.
+        The returned model holds the weights of the best holdout epoch. With
+        ``nproc_per_node > 1`` training runs under torchrun (through Dagster Pipes when
+        ``pipes_context`` is given, so worker logs stream into the run).
+        """
+        device, precision = self.resolve(log)
+        spec, settings, arrays, fingerprint = self._plan(
+            train,
+            holdout,
+            numeric=numeric,
+            categorical=categorical,
+            label=label,
+            task=task,
+            classes=classes,
+            seed=seed,
+            precision=precision,
+        )
         checkpoint_dir = Path(checkpoint_dir)
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
         log.info(
@@ -1198,21 +1264,18 @@ class TorchExecutorResource(ConfigurableResource):
             checkpoint_dir / CHECKPOINT_FILE,
         )
         if self.nproc_per_node > 1:
-            return self._fit_distributed(
+            self._check_ddp_device(device, self.nproc_per_node)
+            job_path = _write_ddp_job(
                 spec,
                 settings,
-                train[columns],
-                holdout[columns],
-                device=device,
-                fingerprint=fingerprint,
+                fingerprint,
+                train,
+                holdout,
                 checkpoint_dir=checkpoint_dir,
-                log=log,
-                log_metric=log_metric,
-                pipes_context=pipes_context,
+                device_type=device.type,
             )
-        arrays = [
-            (*spec.encode_features(f), spec.encode_target(f[label])) for f in (train, holdout)
-        ]
+            self._launch_ddp(job_path, device, log, pipes_context)
+            return collect_job_result(job_path, log=log, log_metric=log_metric)
         with deterministic_mode(device):
             outcome = run_training(
                 spec,
@@ -1241,23 +1304,53 @@ class TorchExecutorResource(ConfigurableResource):
         )
         return model
 
-    def _fit_distributed(
+    def prepare_remote_job(
         self,
-        spec: TabularSpec,
-        settings: TrainSettings,
         train: pd.DataFrame,
         holdout: pd.DataFrame,
         *,
-        device: torch.device,
-        fingerprint: str,
+        numeric: list[str],
+        categorical: list[str],
+        label: str,
+        task: str,
+        classes: list[str] | None,
+        seed: int,
         checkpoint_dir: Path,
-        log: logging.Logger,
-        log_metric: MetricLogger,
-        pipes_context: AssetExecutionContext | None,
-    ) -> TorchTabularModel:
+        device_type: str = "cuda",
+    ) -> Path:
+        """Write a DDP job (data as Parquet + job.json) for a remote torchrun, e.g. on ECS.
+
+        ``checkpoint_dir`` must be storage that the remote task mounts at the same path (EFS,
+        a Kubernetes PVC). Launch with ``ecs_pipes_launch_config(job_path=...)`` and read the
+        model back with ``collect_job_result(job_path, ...)``. ``precision`` is resolved by
+        the worker on the remote host (its device decides what is supported).
+        """
+        precision = self.precision
+        spec, settings, _, fingerprint = self._plan(
+            train,
+            holdout,
+            numeric=numeric,
+            categorical=categorical,
+            label=label,
+            task=task,
+            classes=classes,
+            seed=seed,
+            precision=precision,
+        )
+        return _write_ddp_job(
+            spec,
+            settings,
+            fingerprint,
+            train,
+            holdout,
+            checkpoint_dir=Path(checkpoint_dir),
+            device_type=device_type,
+        )
+
+    @staticmethod
+    def _check_ddp_device(device: torch.device, nproc: int) -> None:
         import torch
 
-        nproc = self.nproc_per_node
         if device.type == "mps":
             raise RuntimeError(
                 "TorchExecutorResource: DDP (nproc_per_node > 1) is not "
@@ -1268,30 +1361,17 @@ class TorchExecutorResource(ConfigurableResource):
                 f"TorchExecutorResource: nproc_per_node={nproc} but only "
                 f"{torch.cuda.device_count()} CUDA device(s) are visible."
             )
-        job_dir = checkpoint_dir / "ddp"
-        result_dir = job_dir / "result"
-        job_dir.mkdir(parents=True, exist_ok=True)
-        train.to_parquet(job_dir / "train.parquet", index=False)
-        holdout.to_parquet(job_dir / "holdout.parquet", index=False)
-        token = uuid.uuid4().hex
-        remaining = max(
-            1.0, (settings.deadline or time.time() + self.timeout_seconds) - time.time()
-        )
-        job = {
-            "token": token,
-            "spec": spec.to_json(),
-            "settings": dataclasses.asdict(settings),
-            "fingerprint": fingerprint,
-            "device_type": device.type,
-            "backend": "nccl" if device.type == "cuda" else "gloo",
-            "process_group_timeout_s": min(remaining, 1800.0),
-            "train": str(job_dir / "train.parquet"),
-            "holdout": str(job_dir / "holdout.parquet"),
-            "checkpoint": str(checkpoint_dir / CHECKPOINT_FILE),
-            "result_dir": str(result_dir),
-        }
-        job_path = job_dir / "job.json"
-        _atomic_write_text(json.dumps(job, indent=1), job_path)
+
+    def _launch_ddp(
+        self,
+        job_path: Path,
+        device: torch.device,
+        log: logging.Logger,
+        pipes_context: AssetExecutionContext | None,
+    ) -> None:
+        job = json.loads(job_path.read_text())
+        remaining = max(1.0, float(job["settings"]["deadline"] or 0) - time.time())
+        nproc = self.nproc_per_node
         command = torchrun_command(job_path, nproc_per_node=nproc, timeout_seconds=remaining)
         package_root = str(Path(__file__).resolve().parent.parent)
         env = {
@@ -1321,25 +1401,71 @@ class TorchExecutorResource(ConfigurableResource):
             _stream_subprocess(
                 command, {**os.environ, **env}, package_root, log, timeout=remaining + 60
             )
-        summary = json.loads((result_dir / "run.json").read_text())
-        if summary.get("token") != token:
-            raise RuntimeError(f"DDP result in {result_dir} does not belong to this launch")
-        model = TorchTabularModel.load(result_dir)
-        ran = set(summary["epochs_run"])
-        for record in model.history:
-            if int(record["epoch"]) in ran:
-                for name, value in record.items():
-                    if name != "epoch":
-                        log_metric(name, float(value), int(record["epoch"]))
-        final = checkpoint_dir / "final"
-        model.save(final)
-        log.info(
-            "torch executor: DDP done (best epoch %s, %s, ran epochs %s)",
-            model.best_epoch,
-            model.stop_reason,
-            _epochs_text(summary["epochs_run"]),
-        )
-        return model
+
+
+def _write_ddp_job(
+    spec: TabularSpec,
+    settings: TrainSettings,
+    fingerprint: str,
+    train: pd.DataFrame,
+    holdout: pd.DataFrame,
+    *,
+    checkpoint_dir: Path,
+    device_type: str,
+) -> Path:
+    """Parquet inputs + job.json under checkpoint_dir/ddp; returns the job path."""
+    columns = [*spec.features, spec.label]
+    job_dir = checkpoint_dir / "ddp"
+    job_dir.mkdir(parents=True, exist_ok=True)
+    train[columns].to_parquet(job_dir / "train.parquet", index=False)
+    holdout[columns].to_parquet(job_dir / "holdout.parquet", index=False)
+    remaining = max(1.0, (settings.deadline or time.time() + 86400) - time.time())
+    job = {
+        "token": uuid.uuid4().hex,
+        "spec": spec.to_json(),
+        "settings": dataclasses.asdict(settings),
+        "fingerprint": fingerprint,
+        "device_type": device_type,
+        "backend": "nccl" if device_type == "cuda" else "gloo",
+        "process_group_timeout_s": min(remaining, 1800.0),
+        "train": str(job_dir / "train.parquet"),
+        "holdout": str(job_dir / "holdout.parquet"),
+        "checkpoint": str(checkpoint_dir / CHECKPOINT_FILE),
+        "result_dir": str(job_dir / "result"),
+    }
+    job_path = job_dir / "job.json"
+    _atomic_write_text(json.dumps(job, indent=1), job_path)
+    return job_path
+
+
+def collect_job_result(
+    job_path: str | Path, *, log: logging.Logger, log_metric: MetricLogger
+) -> TorchTabularModel:
+    """Load the model rank 0 wrote for this job and replay its new epochs into log_metric."""
+    job = json.loads(Path(job_path).read_text())
+    result_dir = Path(job["result_dir"])
+    summary_file = result_dir / "run.json"
+    if not summary_file.exists():
+        raise RuntimeError(f"the DDP job {job_path} left no result in {result_dir}")
+    summary = json.loads(summary_file.read_text())
+    if summary.get("token") != job["token"]:
+        raise RuntimeError(f"the result in {result_dir} does not belong to job {job_path}")
+    model = TorchTabularModel.load(result_dir)
+    ran = set(summary["epochs_run"])
+    for record in model.history:
+        if int(record["epoch"]) in ran:
+            for name, value in record.items():
+                if name != "epoch":
+                    log_metric(name, float(value), int(record["epoch"]))
+    model.save(Path(job["checkpoint"]).parent / "final")
+    log.info(
+        "torch executor: DDP done (world size %s, best epoch %s, %s, ran epochs %s)",
+        summary.get("world_size"),
+        model.best_epoch,
+        model.stop_reason,
+        _epochs_text(summary["epochs_run"]),
+    )
+    return model
 
 
 def _epochs_text(epochs: Sequence[int]) -> str:

@@ -1,0 +1,53 @@
+"""candidate_model with the Torch executor: same asset, pytorch flavor, safe reload, gated."""
+
+import yaml
+from dagster import materialize
+
+from mlops_assets.pipeline import build_assets, default_resources
+from mlops_assets.spec import load_spec
+from mlops_assets.training import load_model_version
+from mlops_resources.mlflow_tracking import CHAMPION_ALIAS, MLflowResource
+from mlops_resources.torch_executor import TorchExecutorResource
+from tests.conftest import write_spec
+
+
+def test_torch_mlp_candidate_is_logged_loaded_and_gated(lifecycle, tmp_path):
+    base = yaml.safe_load(lifecycle["spec_path"].read_text())
+    spec = load_spec(
+        write_spec(tmp_path / "torch.yaml", model={**base["model"], "kind": "torch_mlp"})
+    )
+    mlflow = MLflowResource()
+    champion = mlflow.champion(spec.model_name)
+    day = lifecycle["summary"]["runs"][-1]["partition"]
+    resources = {**default_resources(), "torch_executor": TorchExecutorResource(max_epochs=4)}
+    try:
+        result = materialize(
+            build_assets(spec),
+            selection=["candidate_model", "model_promotion"],
+            partition_key=day,
+            resources=resources,
+        )
+        candidate = result.output_for_node("candidate_model")
+        verdict = result.output_for_node("model_promotion")
+    finally:
+        mlflow.client().set_registered_model_alias(spec.model_name, CHAMPION_ALIAS, champion)
+
+    assert candidate["kind"] == "torch_mlp" and 0.5 < candidate["metrics"]["roc_auc"] <= 1
+    info = mlflow.client().get_model_version(spec.model_name, candidate["version"])
+    assert info.tags["mlops.model_kind"] == "torch_mlp"
+    run = mlflow.client().get_run(candidate["run_id"])
+    assert run.data.params["device"] == "cpu"
+    history = mlflow.client().get_metric_history(candidate["run_id"], "holdout_loss")
+    assert [m.step for m in history] == sorted(m.step for m in history) and len(history) >= 1
+    model = load_model_version(spec.model_name, candidate["version"])
+    assert model.predict_proba(lifecycle_rows(lifecycle, spec)).shape[1] == 2
+    assert verdict["baseline_version"] == champion
+    assert "compared with champion" in verdict["message"]
+
+
+def lifecycle_rows(lifecycle, spec):
+    import pandas as pd
+
+    day = lifecycle["summary"]["runs"][-1]["partition"]
+    training = pd.read_pickle(lifecycle["home"] / "storage" / "training_set" / day)
+    return training[spec.feature_names].head(10)
