@@ -6,7 +6,7 @@ The spec is validated by pydantic; every error names the file, the key and the r
 from __future__ import annotations
 
 import os
-from datetime import date, timedelta
+from datetime import date
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
@@ -248,13 +248,6 @@ class PipelineSpec(StrictModel):
     @property
     def is_bundled_demo(self) -> bool:
         return self.spec_path == DEMO_SPEC_PATH.resolve()
-
-    def partition_dates(self) -> list[date]:
-        end = self.partitions.end or date.today()
-        return [
-            self.partitions.start + timedelta(days=i)
-            for i in range((end - self.partitions.start).days)
-        ]
 
 
 def _format_errors(path: Path, error: ValidationError) -> str:
