@@ -10,7 +10,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from dagster import ConfigurableIOManagerFactory, FilesystemIOManager
+from dagster import ConfigurableIOManagerFactory, ConfigurableResource, FilesystemIOManager
+from pydantic import Field
 
 TELEMETRY_OFF = {
     "GX_ANALYTICS_ENABLED": "false",
@@ -45,3 +46,27 @@ def expand_home(path: str) -> str:
 def asset_io_manager(base_dir: str | None = None) -> ConfigurableIOManagerFactory:
     """The IO manager for asset values: local files under MLOPS_HOME/storage by default."""
     return FilesystemIOManager(base_dir=base_dir or str(mlops_home() / "storage"))
+
+
+class ReportStoreResource(ConfigurableResource):
+    """Where rendered reports (Evidently HTML, model cards) are written, keyed by a relative
+    path such as `drift_report/<spec>/<partition>.html`."""
+
+    base_uri: str = Field(
+        default="", description="Folder for reports; default $MLOPS_HOME/reports."
+    )
+
+    @property
+    def root(self) -> Path:
+        return Path(expand_home(self.base_uri)) if self.base_uri else mlops_home() / "reports"
+
+    def save(self, key: str, content: str) -> str:
+        """Write `content` under `key` atomically and return where it lives (a path or URI)."""
+        target = (self.root / key).resolve()
+        if not target.is_relative_to(self.root.resolve()):
+            raise ValueError(f"report key {key!r} escapes the report root {self.root}")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(f".{target.name}.partial")
+        partial.write_text(content, encoding="utf-8")
+        partial.replace(target)
+        return str(target)
