@@ -20,7 +20,8 @@ class FeastResource(ConfigurableResource):
     """A Feast FeatureStore built from these fields (no feature_store.yaml needed).
 
     Defaults: a file registry, the file offline store and a sqlite online store under
-    $MLOPS_HOME/feast.
+    $MLOPS_HOME/feast. For Redis, set online_store to {type: redis, connection_string:
+    "host:port"} and online_store_password to an EnvVar, so the password stays out of config.
     """
 
     project: str = Field(default="mlops_suite", description="Feast project name.")
@@ -35,6 +36,11 @@ class FeastResource(ConfigurableResource):
     )
     offline_store: dict[str, Any] = Field(
         default_factory=lambda: {"type": "file"}, description="Feast offline_store config."
+    )
+    online_store_password: str = Field(
+        default="",
+        description="Password added to a redis online store's connection_string (pass an "
+        "EnvVar: it is never written to config or logs).",
     )
 
     _store: Any = PrivateAttr(default=None)
@@ -58,14 +64,21 @@ class FeastResource(ConfigurableResource):
                 project=self.project,
                 provider="local",
                 registry=self.registry_path or str(self.root / "registry.db"),
-                online_store=self.online_store
-                or {"type": "sqlite", "path": str(self.root / "online.db")},
+                online_store=self.online_store_config(),
                 offline_store=self.offline_store,
                 entity_key_serialization_version=3,
                 repo_path=str(self.root),
             )
             self._store = FeatureStore(config=config)
         return self._store
+
+    def online_store_config(self) -> dict[str, Any]:
+        """The Feast online_store config, with the password merged in for Redis."""
+        config = dict(self.online_store) or {"type": "sqlite", "path": str(self.root / "online.db")}
+        if self.online_store_password and config.get("type") == "redis":
+            address = config.get("connection_string", "localhost:6379")
+            config["connection_string"] = f"{address},password={self.online_store_password}"
+        return config
 
     def apply(self, objects: list[Any]) -> None:
         """Register entities and feature views (idempotent)."""

@@ -61,8 +61,14 @@ class MLflowResource(ConfigurableResource):
         return f"sqlite:///{folder / 'mlflow.db'}"
 
     @property
-    def resolved_artifact_location(self) -> str:
-        return self.artifact_location or (mlops_home() / "mlflow" / "artifacts").as_uri()
+    def resolved_artifact_location(self) -> str | None:
+        """Artifact root for new experiments. None for a tracking server (http/https): the
+        server decides (its --artifacts-destination, e.g. S3, proxied over HTTP)."""
+        if self.artifact_location:
+            return self.artifact_location
+        if self.resolved_tracking_uri.startswith(("http://", "https://")):
+            return None
+        return (mlops_home() / "mlflow" / "artifacts").as_uri()
 
     def client(self) -> MlflowClient:
         disable_telemetry()

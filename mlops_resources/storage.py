@@ -2,15 +2,23 @@
 
 All local state sits under one folder, MLOPS_HOME (default: `.mlops_home` in the working
 directory): the Dagster instance (unless DAGSTER_HOME is set), MLflow's database and artifacts,
-the Feast registry and stores, asset values, and the demo data.
+the Feast registry and stores, asset values, and the demo data. The production profile
+(mlops_resources/profiles.py) moves asset values and reports to S3 instead.
 """
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from typing import Any
 
-from dagster import ConfigurableIOManagerFactory, ConfigurableResource, FilesystemIOManager
+from dagster import (
+    ConfigurableIOManager,
+    ConfigurableIOManagerFactory,
+    ConfigurableResource,
+    EnvVar,
+    FilesystemIOManager,
+)
 from pydantic import Field
 
 TELEMETRY_OFF = {
@@ -18,6 +26,13 @@ TELEMETRY_OFF = {
     "FEAST_USAGE": "False",
     "MLFLOW_DISABLE_TELEMETRY": "true",
     "DO_NOT_TRACK": "1",
+}
+
+# S3Resource fields that hold secrets, and the environment variables they are read from.
+S3_SECRET_ENV = {
+    "aws_access_key_id": "AWS_ACCESS_KEY_ID",
+    "aws_secret_access_key": "AWS_SECRET_ACCESS_KEY",
+    "aws_session_token": "AWS_SESSION_TOKEN",
 }
 
 
@@ -43,17 +58,45 @@ def expand_home(path: str) -> str:
     return os.path.expandvars(path.replace("${MLOPS_HOME}", home).replace("$MLOPS_HOME", home))
 
 
-def asset_io_manager(base_dir: str | None = None) -> ConfigurableIOManagerFactory:
-    """The IO manager for asset values: local files under MLOPS_HOME/storage by default."""
-    return FilesystemIOManager(base_dir=base_dir or str(mlops_home() / "storage"))
+def asset_io_manager(
+    base_dir: str | None = None, *, s3_bucket: str | None = None, s3_prefix: str = "dagster"
+) -> ConfigurableIOManagerFactory | ConfigurableIOManager:
+    """The IO manager for asset values: local files under MLOPS_HOME/storage by default, or
+    pickles in `s3_bucket` under `s3_prefix` (dagster-aws S3PickleIOManager).
+
+    S3 settings come from the environment only: AWS_ENDPOINT_URL (an S3-compatible server),
+    AWS_DEFAULT_REGION, and credentials through AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY as
+    dagster EnvVars (or the default AWS chain, e.g. an IAM role, when they are not set).
+    """
+    if not s3_bucket:
+        return FilesystemIOManager(base_dir=base_dir or str(mlops_home() / "storage"))
+    from dagster_aws.s3 import S3PickleIOManager
+
+    return S3PickleIOManager(s3_resource=s3_resource(), s3_bucket=s3_bucket, s3_prefix=s3_prefix)
+
+
+def s3_resource() -> ConfigurableResource:
+    """dagster-aws S3Resource configured from the environment; secrets stay EnvVars."""
+    from dagster_aws.s3 import S3Resource
+
+    settings: dict[str, Any] = {
+        field: EnvVar(name) for field, name in S3_SECRET_ENV.items() if os.environ.get(name)
+    }
+    if os.environ.get("AWS_ENDPOINT_URL"):
+        settings["endpoint_url"] = os.environ["AWS_ENDPOINT_URL"]
+    if os.environ.get("AWS_DEFAULT_REGION"):
+        settings["region_name"] = os.environ["AWS_DEFAULT_REGION"]
+    return S3Resource(**settings)
 
 
 class ReportStoreResource(ConfigurableResource):
     """Where rendered reports (Evidently HTML, model cards) are written, keyed by a relative
-    path such as `drift_report/<spec>/<partition>.html`."""
+    path such as `drift_report/<spec>/<partition>.html`: a local folder, or an S3 prefix
+    (`s3://bucket/prefix`, written with boto3; endpoint and credentials from the environment)."""
 
     base_uri: str = Field(
-        default="", description="Folder for reports; default $MLOPS_HOME/reports."
+        default="",
+        description="Folder or s3://bucket/prefix for reports; default $MLOPS_HOME/reports.",
     )
 
     @property
@@ -62,6 +105,8 @@ class ReportStoreResource(ConfigurableResource):
 
     def save(self, key: str, content: str) -> str:
         """Write `content` under `key` atomically and return where it lives (a path or URI)."""
+        if self.base_uri.startswith("s3://"):
+            return self._save_s3(key, content)
         target = (self.root / key).resolve()
         if not target.is_relative_to(self.root.resolve()):
             raise ValueError(f"report key {key!r} escapes the report root {self.root}")
@@ -70,3 +115,23 @@ class ReportStoreResource(ConfigurableResource):
         partial.write_text(content, encoding="utf-8")
         partial.replace(target)
         return str(target)
+
+    def _save_s3(self, key: str, content: str) -> str:
+        """One PutObject (atomic in S3: readers see the old or the new report, never half)."""
+        import boto3
+
+        parts = PurePosixPath(key).parts
+        if not parts or PurePosixPath(key).is_absolute() or ".." in parts:
+            raise ValueError(f"report key {key!r} escapes the report root {self.base_uri}")
+        bucket, _, prefix = self.base_uri.removeprefix("s3://").partition("/")
+        if not bucket:
+            raise ValueError(f"report base_uri {self.base_uri!r} names no bucket")
+        object_key = "/".join([*PurePosixPath(prefix).parts, *parts])
+        content_type = "text/html" if key.endswith(".html") else "text/plain"
+        boto3.client("s3").put_object(
+            Bucket=bucket,
+            Key=object_key,
+            Body=content.encode("utf-8"),
+            ContentType=f"{content_type}; charset=utf-8",
+        )
+        return f"s3://{bucket}/{object_key}"
