@@ -10,7 +10,7 @@ export FEAST_USAGE ?= False
 export MLFLOW_DISABLE_TELEMETRY ?= true
 export DO_NOT_TRACK ?= 1
 
-.PHONY: install demo dev test lint mlflow-ui clean
+.PHONY: install demo dev test test-integration lint mlflow-ui clean
 
 # Installs pinned versions from constraints.txt (torch 2.13.0: the CPU build where one is on disk).
 $(VENV)/.installed: pyproject.toml constraints.txt
@@ -34,7 +34,12 @@ mlflow-ui: install
 
 test: install
 	$(BIN)/ruff check .
-	$(BIN)/pytest -q -p no:cacheprovider
+	$(BIN)/pytest -q -p no:cacheprovider --ignore=tests/integration
+
+# Production profile on real servers (PostgreSQL, Redis, moto S3, MLflow server) and the UI in
+# headless Chromium; installs what it needs and stops every server it started (scripts/).
+test-integration: install
+	bash scripts/integration.sh
 
 lint: install
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

@@ -7,6 +7,9 @@
 #   scripts/services.sh stop     stop everything this script started (by pid file)
 #   scripts/services.sh status   say what runs
 #   scripts/services.sh env      print the path of the env file (source it to use the servers)
+#   scripts/services.sh start-ui / stop-ui
+#                                `dagster dev` (webserver + daemon) on 127.0.0.1:$MLOPS_UI_PORT
+#                                for workspace.yaml, with the caller's DAGSTER_HOME/MLOPS_* env
 #
 # Everything binds to 127.0.0.1. State and logs live in $MLOPS_SERVICES_DIR (default
 # ${TMPDIR:-/tmp}/mlops-services-<uid>). Credentials are generated on the first start and kept
@@ -21,6 +24,7 @@ PG_PORT="${MLOPS_PG_PORT:-55432}"
 REDIS_PORT="${MLOPS_REDIS_PORT:-56379}"
 S3_PORT="${MLOPS_S3_PORT:-55000}"
 MLFLOW_PORT="${MLOPS_MLFLOW_PORT:-55001}"
+UI_PORT="${MLOPS_UI_PORT:-53000}"
 BUCKET="${MLOPS_S3_BUCKET:-mlops-suite}"
 WAIT_SECONDS="${WAIT_SECONDS:-60}"
 ENV_FILE="$STATE/services.env"
@@ -182,7 +186,21 @@ start_mlflow() {
             >"$STATE/mlflow.log" 2>&1 &
         echo $! >"$STATE/mlflow.pid"
     fi
-    wait_for mlflow curl -fsS "http://127.0.0.1:$MLFLOW_PORT/health"
+    wait_for mlflow curl -fsS --max-time 5 "http://127.0.0.1:$MLFLOW_PORT/health"
+}
+
+start_ui() {
+    [ -n "${DAGSTER_HOME:-}" ] || die "set DAGSTER_HOME (the instance the UI shows)"
+    mkdir -p "$STATE" "$DAGSTER_HOME"
+    if running "$STATE/dagster-ui.pid"; then
+        log "dagster UI already running"
+    else
+        (cd "$REPO" && setsid "$BIN/dagster" dev -w workspace.yaml -h 127.0.0.1 -p "$UI_PORT" \
+            >"$STATE/dagster-ui.log" 2>&1 &
+            echo $! >"$STATE/dagster-ui.pid")
+    fi
+    WAIT_SECONDS="${UI_WAIT_SECONDS:-180}" wait_for "dagster UI on port $UI_PORT" \
+        curl -fsS --max-time 5 "http://127.0.0.1:$UI_PORT/server_info"
 }
 
 stop_pidfile() {
@@ -214,6 +232,7 @@ start() {
 
 stop() {
     [ -d "$STATE" ] || return 0
+    stop_pidfile "dagster UI" "$STATE/dagster-ui.pid"
     stop_pidfile mlflow "$STATE/mlflow.pid"
     stop_pidfile s3 "$STATE/s3.pid"
     stop_pidfile redis "$STATE/redis.pid"
@@ -224,7 +243,7 @@ stop() {
 }
 
 status() {
-    for name in mlflow s3 redis; do
+    for name in mlflow s3 redis dagster-ui; do
         if running "$STATE/$name.pid"; then echo "$name: running"; else echo "$name: stopped"; fi
     done
     if port_open "$PG_PORT"; then echo "postgres: running"; else echo "postgres: stopped"; fi
@@ -235,5 +254,7 @@ case "${1:-}" in
     stop) stop ;;
     status) status ;;
     env) echo "$ENV_FILE" ;;
-    *) echo "usage: $0 start|stop|status|env" >&2; exit 2 ;;
+    start-ui) start_ui ;;
+    stop-ui) stop_pidfile "dagster UI" "$STATE/dagster-ui.pid" ;;
+    *) echo "usage: $0 start|stop|status|env|start-ui|stop-ui" >&2; exit 2 ;;
 esac

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# `make test-integration`: install what the integration tests need (Debian packages for
+# PostgreSQL, Redis and Chromium; the `integration` extra from PyPI), start the servers on
+# loopback, run tests/integration (the production profile end to end, the deploy configs, the
+# UI in headless Chromium) and stop everything, also on failure or interrupt.
+# Without root and without sudo, or when apt-get fails, the tests skip and say why.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIN=.venv/bin
+export MLOPS_SERVICES_DIR="${MLOPS_SERVICES_DIR:-$(mktemp -d "${TMPDIR:-/tmp}/mlops-it.XXXXXX")}"
+
+have_postgres() { ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; }
+missing_packages() {
+    have_postgres || echo postgresql
+    command -v redis-server >/dev/null || echo redis-server
+    [ -x /usr/bin/chromium ] || echo chromium
+}
+
+install_system_packages() {
+    local missing sudo=""
+    missing="$(missing_packages | tr '\n' ' ')"
+    [ -z "${missing// /}" ] && return 0
+    if [ "$(id -u)" -ne 0 ]; then
+        if command -v sudo >/dev/null && sudo -n true 2>/dev/null; then
+            sudo="sudo -n"
+        else
+            echo "cannot install $missing: apt-get needs root and sudo is not available"
+            return 0
+        fi
+    fi
+    echo "[integration] apt-get install $missing" >&2
+    if ! { $sudo apt-get update -qq && $sudo env DEBIAN_FRONTEND=noninteractive \
+        apt-get install -y -qq --no-install-recommends $missing; } >&2; then
+        echo "apt-get install $missing failed"
+    fi
+}
+
+apt_problem="$(install_system_packages)"
+"$BIN/pip" install --quiet -c constraints.txt -e '.[dev,integration]'
+
+if have_postgres && command -v redis-server >/dev/null; then
+    trap 'bash scripts/services.sh stop; rm -rf "$MLOPS_SERVICES_DIR"' EXIT
+    bash scripts/services.sh start
+else
+    export MLOPS_INTEGRATION_UNAVAILABLE="PostgreSQL or Redis missing: ${apt_problem:-unknown}"
+    echo "[integration] $MLOPS_INTEGRATION_UNAVAILABLE: the server tests will skip" >&2
+fi
+"$BIN/pytest" -q -p no:cacheprovider -rs tests/integration
