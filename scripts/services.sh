@@ -66,6 +66,16 @@ port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 running() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 
+# detach PIDFILE LOG COMMAND...: run COMMAND in the background as the leader of a new session
+# and process group (so stop can end it with all its workers); its pid goes to PIDFILE.
+detach() {
+    local pidfile="$1" logfile="$2"
+    shift 2
+    setsid sh -c 'echo $$ >"$0"; exec "$@"' "$pidfile" "$@" >"$logfile" 2>&1 </dev/null &
+    for _ in $(seq 1 50); do [ -s "$pidfile" ] && return 0; sleep 0.1; done
+    die "could not start $1"
+}
+
 write_env_file() {
     [ -f "$ENV_FILE" ] && return 0
     local pg_password redis_password s3_key s3_secret
@@ -158,8 +168,7 @@ start_s3() {
     if running "$STATE/s3.pid"; then
         log "s3 (moto) already running"
     else
-        setsid "$BIN/moto_server" -H 127.0.0.1 -p "$S3_PORT" >"$STATE/s3.log" 2>&1 &
-        echo $! >"$STATE/s3.pid"
+        detach "$STATE/s3.pid" "$STATE/s3.log" "$BIN/moto_server" -H 127.0.0.1 -p "$S3_PORT"
     fi
     wait_for s3 port_open "$S3_PORT"
     "$BIN/python" - "$BUCKET" <<'EOF'
@@ -181,10 +190,9 @@ start_mlflow() {
         # The backend URI carries the password: pass it in the environment, not on argv.
         MLFLOW_BACKEND_STORE_URI="postgresql+psycopg2://$MLOPS_PG_USER:$MLOPS_PG_PASSWORD@127.0.0.1:$PG_PORT/mlflow" \
             MLFLOW_DISABLE_TELEMETRY=true DO_NOT_TRACK=1 \
-            setsid "$BIN/mlflow" server --host 127.0.0.1 --port "$MLFLOW_PORT" --workers 1 \
-            --serve-artifacts --artifacts-destination "s3://$BUCKET/mlflow" \
-            >"$STATE/mlflow.log" 2>&1 &
-        echo $! >"$STATE/mlflow.pid"
+            detach "$STATE/mlflow.pid" "$STATE/mlflow.log" \
+            "$BIN/mlflow" server --host 127.0.0.1 --port "$MLFLOW_PORT" --workers 1 \
+            --serve-artifacts --artifacts-destination "s3://$BUCKET/mlflow"
     fi
     wait_for mlflow curl -fsS --max-time 5 "http://127.0.0.1:$MLFLOW_PORT/health"
 }
@@ -195,9 +203,8 @@ start_ui() {
     if running "$STATE/dagster-ui.pid"; then
         log "dagster UI already running"
     else
-        (cd "$REPO" && setsid "$BIN/dagster" dev -w workspace.yaml -h 127.0.0.1 -p "$UI_PORT" \
-            >"$STATE/dagster-ui.log" 2>&1 &
-            echo $! >"$STATE/dagster-ui.pid")
+        (cd "$REPO" && detach "$STATE/dagster-ui.pid" "$STATE/dagster-ui.log" \
+            "$BIN/dagster" dev -w workspace.yaml -h 127.0.0.1 -p "$UI_PORT")
     fi
     WAIT_SECONDS="${UI_WAIT_SECONDS:-180}" wait_for "dagster UI on port $UI_PORT" \
         curl -fsS --max-time 5 "http://127.0.0.1:$UI_PORT/server_info"
@@ -208,10 +215,13 @@ stop_pidfile() {
     if running "$file"; then
         local pid
         pid="$(cat "$file")"
-        # Started with setsid, so the pid leads a process group with the server's workers.
+        # Started by detach: the pid leads a process group with the server's workers.
         kill -- "-$pid" 2>/dev/null || kill "$pid" 2>/dev/null || true
-        for _ in $(seq 1 "$WAIT_SECONDS"); do kill -0 "$pid" 2>/dev/null || break; sleep 1; done
-        if kill -0 "$pid" 2>/dev/null; then kill -9 -- "-$pid" 2>/dev/null || true; fi
+        for _ in $(seq 1 "$WAIT_SECONDS"); do
+            kill -0 -- "-$pid" 2>/dev/null || kill -0 "$pid" 2>/dev/null || break
+            sleep 1
+        done
+        kill -9 -- "-$pid" 2>/dev/null || kill -9 "$pid" 2>/dev/null || true
         log "$name stopped"
     fi
     rm -f "$file"

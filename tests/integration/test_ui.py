@@ -1,0 +1,154 @@
+"""What a person sees: the Dagster UI (`dagster dev` on loopback, started by
+scripts/services.sh) and the MLflow UI of the tracking server, in Debian's headless Chromium
+driven by Playwright. Screenshots go to test-artifacts/integration/screenshots/."""
+
+import json
+import os
+import subprocess
+import tempfile
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from mlops_resources.mlflow_tracking import CHAMPION_ALIAS
+from tests.integration.conftest import ARTIFACTS, SERVICES
+
+CHROMIUM = Path("/usr/bin/chromium")
+# Playwright adds --headless itself (headless=True); the rest keep Chromium off the network.
+CHROMIUM_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+SHOTS = ARTIFACTS / "screenshots"
+LIFECYCLE_ASSETS = [
+    "raw_data",
+    "validated_data",
+    "features",
+    "training_set",
+    "candidate_model",
+    "model_promotion",
+    "batch_predictions",
+    "drift_report",
+    "model_performance",
+]
+TIMEOUT_MS = 60_000
+
+
+@pytest.fixture(scope="module")
+def dagster_ui(production: dict, bad_partition: dict) -> Iterator[str]:
+    """`dagster dev` (webserver + daemon) on the production instance and spec of the session."""
+    port = os.environ.get("MLOPS_UI_PORT", "53000")
+    subprocess.run(["bash", str(SERVICES), "start-ui"], check=True, timeout=300)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        subprocess.run(["bash", str(SERVICES), "stop-ui"], timeout=180)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator:
+    if not CHROMIUM.exists():
+        pytest.skip(
+            f"Chromium is not installed at {CHROMIUM}: the apt package `chromium` could not be "
+            "installed on this machine"
+        )
+    from playwright.sync_api import expect, sync_playwright
+
+    expect.set_options(timeout=TIMEOUT_MS)
+    with sync_playwright() as playwright, tempfile.TemporaryDirectory() as profile:
+        context = playwright.chromium.launch_persistent_context(
+            profile,  # a fresh --user-data-dir
+            executable_path=str(CHROMIUM),
+            headless=True,
+            args=CHROMIUM_FLAGS,
+            viewport={"width": 1600, "height": 1000},
+        )
+        context.set_default_timeout(TIMEOUT_MS)
+        yield context
+        context.close()
+
+
+@pytest.fixture
+def page(browser, request: pytest.FixtureRequest) -> Iterator:
+    """A new tab; its screenshot is saved when the test ends, passed or failed."""
+    tab = browser.new_page()
+    yield tab
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    tab.screenshot(path=str(SHOTS / f"{request.node.name}.png"), full_page=True)
+    tab.close()
+
+
+def test_asset_graph_shows_every_lifecycle_asset(dagster_ui, page):
+    from playwright.sync_api import expect
+
+    page.goto(f"{dagster_ui}/asset-groups")
+    expect(page.get_by_text("Global asset lineage")).to_be_visible()
+    expect(page.get_by_text("monitoring", exact=True).last).to_be_visible()
+    # The groups start collapsed: the graph's context menu (right click on the empty canvas,
+    # below the group boxes) expands them, as a person would.
+    page.mouse.click(1000, 900, button="right")
+    page.get_by_text("Expand all groups", exact=True).click()
+    for asset in LIFECYCLE_ASSETS:
+        expect(page.get_by_text(asset, exact=True).first).to_be_visible()
+
+
+def test_materialization_metadata_links_mlflow_and_the_drift_report(dagster_ui, page, production):
+    from playwright.sync_api import expect
+
+    last = production["summary"]["runs"][-1]
+    page.goto(f"{dagster_ui}/assets/candidate_model")
+    expect(page.get_by_text("Latest materialization")).to_be_visible()
+    link = page.locator(f'a[href="{last["mlflow_run"]}"]')
+    expect(link).to_be_visible()
+    assert last["mlflow_run"].startswith(os.environ["MLFLOW_TRACKING_URI"])
+
+    page.goto(f"{dagster_ui}/assets/drift_report")
+    expect(page.get_by_text("drift_report_html", exact=True)).to_be_visible()
+    report = f"s3://{os.environ['MLOPS_S3_BUCKET']}/reports/drift_report/"
+    expect(page.get_by_text(report).first).to_be_visible()
+
+
+def test_failed_blocking_check_shows_on_validated_data(dagster_ui, page, bad_partition):
+    from playwright.sync_api import expect
+
+    page.goto(f"{dagster_ui}/assets/validated_data?view=checks")
+    expect(page.get_by_text("This is a blocking asset check.")).to_be_visible()
+    expect(page.get_by_text("great_expectations_suite").first).to_be_visible()
+    expect(page.get_by_text("Failed", exact=True).first).to_be_visible()
+    expect(page.get_by_text(bad_partition["day"]).first).to_be_visible()
+
+
+def test_sensors_and_schedule_are_listed(dagster_ui, page):
+    from playwright.sync_api import expect
+
+    page.goto(f"{dagster_ui}/automation")
+    for name in ("drift_sensor", "new_data_sensor", "nightly_training"):
+        expect(page.get_by_text(name, exact=True)).to_be_visible()
+
+
+def test_mlflow_ui_shows_the_champion(production, page):
+    from playwright.sync_api import expect
+
+    server = os.environ["MLFLOW_TRACKING_URI"]
+    name = production["spec"].model_name
+    with urllib.request.urlopen(f"{server}/", timeout=30) as response:
+        assert response.status == 200 and b"MLflow" in response.read()
+    # The same JSON endpoint the MLflow UI's model page reads.
+    request = urllib.request.Request(
+        f"{server}/ajax-api/2.0/mlflow/registered-models/get?name={name}"
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        model = json.loads(response.read())["registered_model"]
+    aliases = {a["alias"]: a["version"] for a in model["aliases"]}
+    assert aliases[CHAMPION_ALIAS] == str(production["summary"]["champion_version"])
+
+    page.goto(f"{server}/#/models/{name}")
+    expect(page.get_by_text(name).first).to_be_visible()
+    expect(page.get_by_text(CHAMPION_ALIAS).first).to_be_visible()
