@@ -2,6 +2,7 @@
 
 import glob
 import hashlib
+import os
 from datetime import date, datetime, timedelta
 from pathlib import Path
 
@@ -20,6 +21,9 @@ from dagster import (
 )
 
 from mlops_assets.spec import PipelineSpec
+from mlops_resources.storage import mlops_home
+
+DATA_ROOTS_VAR = "MLOPS_DATA_ROOTS"
 
 
 class SourceError(ValueError):
@@ -62,11 +66,27 @@ def table_schema(df: pd.DataFrame) -> TableSchema:
     )
 
 
+def data_roots(spec: PipelineSpec) -> list[Path]:
+    """Folders source files may be read from: the spec's folder, MLOPS_HOME and the folders
+    listed in $MLOPS_DATA_ROOTS (separated by the OS path separator)."""
+    extra = [Path(p) for p in os.environ.get(DATA_ROOTS_VAR, "").split(os.pathsep) if p]
+    spec_folder = spec.spec_path.parent if spec.spec_path else Path.cwd()
+    return [root.resolve() for root in (spec_folder, mlops_home(), *extra)]
+
+
 def source_files(spec: PipelineSpec, day: date) -> list[Path]:
+    """The day's source files; each must resolve (links followed) inside a data root."""
     pattern = spec.source_pattern().replace("{date}", day.isoformat())
     files = sorted(Path(p) for p in glob.glob(pattern))
     if not files:
         raise SourceError(f"no source file matches {pattern} (partition {day.isoformat()})")
+    roots = data_roots(spec)
+    for path in files:
+        if not any(path.resolve().is_relative_to(root) for root in roots):
+            raise SourceError(
+                f"{path}: outside the allowed data roots {[str(r) for r in roots]}; "
+                f"add its folder to {DATA_ROOTS_VAR} to read it"
+            )
     return files
 
 

@@ -10,6 +10,7 @@ from dagster import (
     AssetExecutionContext,
     AssetsDefinition,
     DataVersion,
+    Failure,
     MetadataValue,
     Output,
     asset,
@@ -20,6 +21,7 @@ from mlops_assets.data import (
     daily_partitions,
     day_bounds,
     partition_day,
+    source_files,
     table_schema,
 )
 from mlops_assets.spec import PipelineSpec
@@ -66,12 +68,15 @@ def standardize(df: pd.DataFrame, spec: PipelineSpec) -> pd.DataFrame:
 
 
 def build_expectations(spec: PipelineSpec, day: date) -> list[ExpectationConfig]:
-    """The suite for one partition: schema, types, nulls, bounds, categories, keys, time range."""
+    """The suite for one partition: rows, schema, types, nulls, bounds, categories, keys, and
+    timestamps inside the day (daily partitions exist only for finished days, so this also
+    refuses timestamps in the future)."""
     E = ExpectationConfig
     required = [spec.entity_key, spec.timestamp, spec.label, *spec.feature_names]
     start, _ = day_bounds(day)
     last_instant = start + timedelta(days=1) - timedelta(microseconds=1)
     suite = [
+        E("expect_table_row_count_to_be_between", {"min_value": 1}),
         E(
             "expect_table_columns_to_match_set",
             {"column_set": required, "exact_match": not spec.allow_extra_columns},
@@ -195,6 +200,13 @@ def build_validated_data(spec: PipelineSpec) -> AssetsDefinition:
         context: AssetExecutionContext, gx: GreatExpectationsResource, raw_data: pd.DataFrame
     ):
         day = partition_day(context.partition_key)
+        for index, extra in enumerate(spec.expectations):
+            try:
+                gx.build_expectation(ExpectationConfig(extra.type, dict(extra.kwargs)))
+            except ValueError as exc:
+                raise Failure(
+                    f"pipeline spec {spec.spec_path}: expectations.{index}: {exc}"
+                ) from exc
         df = standardize(raw_data, spec)
         outcome = gx.validate(df, f"{spec.name}_{day:%Y%m%d}", build_expectations(spec, day))
         version = content_hash(df)
@@ -208,7 +220,8 @@ def build_validated_data(spec: PipelineSpec) -> AssetsDefinition:
                 "valid": outcome.success,
             },
         )
-        result = check_result(outcome, source=f"{spec.source.path} [{day}]")
+        files = ", ".join(str(f) for f in source_files(spec, day))
+        result = check_result(outcome, source=f"{files} [{day}]")
         if not outcome.success:
             context.log.error(f"validation failed for {day}: {result.description}")
         yield result

@@ -1,0 +1,343 @@
+"""Faults: MLflow unreachable, unwritable or full artifact storage, promotions racing, and a run
+killed in the middle of a step. None of them leaves a wrong champion, a blessed half-registered
+version, lost artifacts or an inconsistent online store."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from dagster import (
+    AssetKey,
+    DagsterEventType,
+    DagsterInstance,
+    DagsterRunStatus,
+    ExecuteInProcessResult,
+    ReexecutionOptions,
+    execute_job,
+    reconstructable,
+)
+
+from mlops_assets.features import feature_refs
+from mlops_assets.pipeline import LIFECYCLE_JOB, build_definitions
+from mlops_assets.spec import load_spec
+from mlops_assets.training import load_model_version
+from mlops_resources.feast_store import FeastResource
+from mlops_resources.mlflow_tracking import CHAMPION_ALIAS, MLflowResource
+from tests.reliability.conftest import TrainedState
+from tests.reliability.kill_target import lifecycle_job
+
+SECRET = "s3cr3t-sentinel-7f1c"
+TRAIN_AND_GATE = [AssetKey("candidate_model"), AssetKey("model_promotion")]
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def closed_port() -> int:
+    """A 127.0.0.1 port with nothing listening (bound, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def event_text(instance: DagsterInstance, run_id: str) -> str:
+    """Every event of a run as text: messages, errors and metadata."""
+    records = instance.all_logs(run_id)
+    return "\n".join(
+        f"{r.user_message} {r.dagster_event.event_specific_data if r.dagster_event else ''}"
+        for r in records
+    )
+
+
+def retries(result: ExecuteInProcessResult, step: str) -> int:
+    return sum(
+        1
+        for e in result.all_events
+        if e.event_type == DagsterEventType.STEP_UP_FOR_RETRY and e.step_key == step
+    )
+
+
+@pytest.fixture
+def fast_failing_http(monkeypatch: pytest.MonkeyPatch) -> None:
+    """MLflow's own HTTP retries would take minutes; Dagster's RetryPolicy is the bound."""
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+
+
+@pytest.mark.parametrize("store", ["closed_port", "unwritable_sqlite"])
+def test_mlflow_unreachable_fails_after_bounded_retries(
+    in_trained: TrainedState, tmp_path: Path, monkeypatch, fast_failing_http, store: str
+):
+    state = in_trained
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "mlops")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", SECRET)
+    if store == "closed_port":
+        uri = f"http://127.0.0.1:{closed_port()}"
+    else:
+        (tmp_path / "not_a_folder").write_text("")
+        uri = f"sqlite:///{tmp_path}/not_a_folder/mlflow.db"
+    before = state.fingerprint()
+    defs = build_definitions(state.spec, resources={"mlflow": MLflowResource(tracking_uri=uri)})
+    instance = DagsterInstance.get()
+    started = time.monotonic()
+    result = defs.resolve_job_def(LIFECYCLE_JOB).execute_in_process(
+        partition_key=state.trained_day.isoformat(),
+        instance=instance,
+        asset_selection=TRAIN_AND_GATE,
+        raise_on_error=False,
+    )
+    elapsed = time.monotonic() - started
+
+    assert not result.success
+    assert retries(result, "candidate_model") == 2  # RetryPolicy(max_retries=2), then it fails
+    assert elapsed < 120
+    [failure] = [e for e in result.all_events if e.is_step_failure]
+    assert failure.step_key == "candidate_model"
+    message = failure.step_failure_data.error.to_string()
+    assert ("127.0.0.1" if store == "closed_port" else "not_a_folder") in message
+    assert SECRET not in event_text(instance, result.run_id)
+    assert state.fingerprint() == before
+
+
+def test_mlflow_unreachable_during_promotion_leaves_no_blessed_version(
+    in_trained: TrainedState, fast_failing_http
+):
+    state = in_trained
+    day = state.trained_day.isoformat()
+    instance = DagsterInstance.get()
+    job = build_definitions(state.spec).resolve_job_def(LIFECYCLE_JOB)
+    trained = job.execute_in_process(
+        partition_key=day, instance=instance, asset_selection=[AssetKey("candidate_model")]
+    )
+    version = trained.output_for_node("candidate_model")["version"]
+    champion = MLflowResource().champion(state.spec.model_name)
+
+    broken = MLflowResource(tracking_uri=f"http://127.0.0.1:{closed_port()}")
+    result = (
+        build_definitions(state.spec, resources={"mlflow": broken})
+        .resolve_job_def(LIFECYCLE_JOB)
+        .execute_in_process(
+            partition_key=day,
+            instance=instance,
+            asset_selection=[AssetKey("model_promotion")],
+            raise_on_error=False,
+        )
+    )
+
+    assert not result.success
+    assert retries(result, "model_promotion") == 2
+    mlflow = MLflowResource()
+    assert mlflow.champion(state.spec.model_name) == champion
+    tags = mlflow.client().get_model_version(state.spec.model_name, version).tags
+    assert "mlops.blessed" not in tags and "mlops.promoted_at" not in tags
+
+
+def blocked_artifacts(tmp_path: Path) -> tuple[str, str]:
+    (tmp_path / "a_file").write_text("")
+    return (tmp_path / "a_file" / "artifacts").as_uri(), "Not a directory"
+
+
+def full_artifacts(tmp_path: Path) -> tuple[str, str]:
+    folder = tmp_path / "tiny_fs"
+    folder.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(folder)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs to fill: {mounted.stderr.decode().strip()}")
+    return folder.as_uri(), "No space left on device"
+
+
+@pytest.mark.parametrize(
+    "make_store", [blocked_artifacts, full_artifacts], ids=["unwritable", "full"]
+)
+def test_unwritable_or_full_artifact_store_keeps_previous_artifacts(
+    in_trained: TrainedState, tmp_path: Path, make_store
+):
+    state = in_trained
+    artifact_uri, reason = make_store(tmp_path)
+    try:
+        mlflow = MLflowResource(
+            experiment_name=f"artifacts-{tmp_path.name}", artifact_location=artifact_uri
+        )
+        before = state.fingerprint()
+        result = (
+            build_definitions(state.spec, resources={"mlflow": mlflow})
+            .resolve_job_def(LIFECYCLE_JOB)
+            .execute_in_process(
+                partition_key=state.trained_day.isoformat(),
+                instance=DagsterInstance.get(),
+                asset_selection=TRAIN_AND_GATE,
+                raise_on_error=False,
+            )
+        )
+        assert not result.success
+        [failure] = [e for e in result.all_events if e.is_step_failure]
+        assert failure.step_key == "candidate_model"
+        assert reason in failure.step_failure_data.error.to_string()
+        assert state.fingerprint() == before
+        champion = MLflowResource().champion(state.spec.model_name)
+        assert load_model_version(state.spec.model_name, champion) is not None
+    finally:
+        if make_store is full_artifacts:
+            subprocess.run(["umount", str(tmp_path / "tiny_fs")], check=False)
+
+
+def test_two_racing_promotions_exactly_one_wins(
+    in_trained: TrainedState, tmp_path: Path, monkeypatch
+):
+    """Two runs retrain the same day (identical models) and promote at the same time with no
+    champion in place: both are blessed on value thresholds, one moves the alias, the other
+    loses the compare-and-set, is re-judged against the winner (which it does not beat) and
+    records why. Secrets set in the environment appear nowhere in what the runs record."""
+    state = in_trained
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", SECRET)
+    gate = {
+        "value_thresholds": {"roc_auc": {"min": 0.6}},
+        "change_thresholds": {"roc_auc": {"min_absolute_change": 0.001}},
+    }
+    spec = load_spec(state.write_spec(tmp_path / "spec.yaml", gate=gate))
+    mlflow = MLflowResource()
+    name = spec.model_name
+    previous = mlflow.champion(name)
+    mlflow.client().delete_registered_model_alias(name, CHAMPION_ALIAS)
+    instance = DagsterInstance.get()
+    job = build_definitions(spec).resolve_job_def(LIFECYCLE_JOB)
+    results: dict[int, ExecuteInProcessResult] = {}
+
+    def run(slot: int) -> None:
+        results[slot] = job.execute_in_process(
+            partition_key=state.trained_day.isoformat(),
+            instance=instance,
+            asset_selection=TRAIN_AND_GATE,
+            raise_on_error=False,
+        )
+
+    try:
+        threads = [threading.Thread(target=run, args=(slot,)) for slot in (0, 1)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=300)
+        verdicts = [results[slot].output_for_node("model_promotion") for slot in (0, 1)]
+        winners = [v for v in verdicts if v["champion_moved"]]
+        losers = [v for v in verdicts if not v["champion_moved"]]
+        assert len(winners) == 1 and len(losers) == 1, verdicts
+        winner, loser = winners[0]["version"], losers[0]
+        assert mlflow.champion(name) == winner
+        assert not loser["blessed"] and loser["baseline_version"] == winner
+        assert f"compared with champion v{winner}" in loser["message"]
+        tags = mlflow.client().get_model_version(name, loser["version"]).tags
+        assert tags["mlops.blessed"] == "False" and tags["mlops.baseline_version"] == winner
+        assert "mlops.promoted_at" not in tags
+
+        recorded = [event_text(instance, results[slot].run_id) for slot in (0, 1)]
+        for verdict in verdicts:
+            version = mlflow.client().get_model_version(name, verdict["version"])
+            run = mlflow.client().get_run(version.run_id)
+            recorded += [json.dumps(run.data.params), json.dumps(run.data.tags)]
+            recorded.append(json.dumps(version.tags))
+            folder = Path(mlflow.client().download_artifacts(version.run_id, "", str(tmp_path)))
+            recorded += [p.read_text(errors="ignore") for p in folder.rglob("*") if p.is_file()]
+        assert not [text for text in recorded if SECRET in text]
+    finally:
+        mlflow.client().set_registered_model_alias(name, CHAMPION_ALIAS, previous)
+
+
+KILL_SCRIPT = """
+import sys
+from dagster import DagsterInstance
+from tests.reliability.kill_target import lifecycle_job
+lifecycle_job().execute_in_process(partition_key=sys.argv[1], instance=DagsterInstance.get())
+"""
+
+
+def wait_for_step_start(
+    instance: DagsterInstance, step: str, process: subprocess.Popen, earlier: set[str]
+) -> str:
+    """The child's run id once `step` has started in it (bounded: 300 s)."""
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and process.poll() is None:
+        for record in instance.get_run_records(limit=1):
+            if record.dagster_run.run_id in earlier:
+                continue
+            for event in instance.all_logs(
+                record.dagster_run.run_id, of_type=DagsterEventType.STEP_START
+            ):
+                if event.step_key == step:
+                    return record.dagster_run.run_id
+        time.sleep(0.2)
+    raise AssertionError(f"step {step} never started (child exit code {process.poll()})")
+
+
+@pytest.mark.parametrize(
+    ("step", "day_offset"), [("features", 0), ("candidate_model", 1), ("model_promotion", 2)]
+)
+def test_run_killed_mid_step_reexecutes_from_failure(
+    in_trained: TrainedState, tmp_path: Path, monkeypatch, step: str, day_offset: int
+):
+    state = in_trained
+    day = (state.next_day + timedelta(days=day_offset)).isoformat()
+    monkeypatch.setenv("MLOPS_CONFIG", str(state.spec_path))
+    instance = DagsterInstance.get()
+    earlier = {r.dagster_run.run_id for r in instance.get_run_records()}
+    child = subprocess.Popen(
+        [sys.executable, "-c", KILL_SCRIPT, day],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        run_id = wait_for_step_start(instance, step, child, earlier)
+    finally:
+        child.kill()
+        child.wait(timeout=60)
+    killed = instance.get_run_by_id(run_id)
+    assert killed.status == DagsterRunStatus.STARTED  # nothing recorded the crash
+    # What Dagster's run monitoring does for a run whose process died:
+    instance.report_run_failed(killed)
+
+    options = ReexecutionOptions.from_failure(run_id, instance)
+    with execute_job(
+        reconstructable(lifecycle_job),
+        instance=instance,
+        reexecution_options=options,
+        tags={k: v for k, v in killed.tags.items() if k.startswith("dagster/partition")},
+        run_config={"execution": {"config": {"in_process": {}}}},
+    ) as result:
+        assert result.success
+        assert step in {e.step_key for e in result.all_events if e.is_step_success}
+
+    mlflow = MLflowResource()
+    name = state.spec.model_name
+    versions = mlflow.client().search_model_versions(f"name='{name}'")
+    champion = mlflow.champion(name)
+    assert (
+        sum(1 for v in versions if v.tags.get("mlops.promoted_at") and v.version == int(champion))
+        == 1
+    )
+    partition_versions = [v for v in versions if v.tags.get("mlops.partition") == day]
+    assert sum(1 for v in partition_versions if v.tags.get("mlops.blessed") == "True") <= 1
+    assert_online_store_matches_offline(state, day)
+
+
+def assert_online_store_matches_offline(state: TrainedState, day: str) -> None:
+    spec = state.spec
+    offline = pd.read_parquet(state.home / "feast" / "offline" / spec.name / f"{day}.parquet")
+    latest = offline.sort_values(spec.timestamp).groupby(spec.entity_key).tail(1).head(20)
+    online = FeastResource().online_features(
+        [{spec.entity_key: key} for key in latest[spec.entity_key]], feature_refs(spec)
+    )
+    pd.testing.assert_frame_equal(
+        online[spec.feature_names].reset_index(drop=True),
+        latest[spec.feature_names].reset_index(drop=True),
+        check_dtype=False,
+    )
