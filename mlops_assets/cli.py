@@ -2,6 +2,8 @@
 
 python -m mlops_assets demo [--config FILE] [--json] [--train-days N]
 python -m mlops_assets demo-data
+python -m mlops_assets retire --version N --reason TEXT [--force] [--config FILE]
+python -m mlops_assets reproduce --version N [--json] [--config FILE]
 """
 
 import argparse
@@ -15,8 +17,11 @@ from typing import Any
 
 from dagster import DagsterInstance, Definitions
 
+from mlops_assets.governance import reproduce_command, retire_command
 from mlops_assets.pipeline import INGEST_JOB, LIFECYCLE_JOB, build_definitions
+from mlops_assets.promotion import ROLLBACK_JOB
 from mlops_assets.spec import PipelineSpec, SpecError, load_spec
+from mlops_assets.story import run_story, story_days
 from mlops_resources.storage import dagster_home, mlops_home
 
 DAGSTER_YAML = """\
@@ -66,12 +71,36 @@ def summarize_run(result: Any, day: str, job: str, seconds: float) -> dict[str, 
             summary["mlflow_run"] = meta.get("mlflow_run")
         if key == "model_promotion":
             summary["gate"] = {
+                "version": meta.get("candidate_version"),
                 "blessed": meta.get("blessed"),
                 "champion_moved": meta.get("champion_moved"),
                 "champion_before": meta.get("champion_before"),
                 "champion_after": meta.get("champion_after"),
                 "why": meta.get("message"),
             }
+        if key == "drift_report":
+            summary["drift"] = {
+                k: meta.get(k)
+                for k in (
+                    "drift_share",
+                    "drift_detected",
+                    "drifted_columns",
+                    "prediction_drift",
+                    "model_version",
+                    "drift_report_html",
+                )
+            }
+        if key == "model_performance":
+            summary["performance"] = {
+                "partition": day,
+                "model_version": meta.get("model_version"),
+                "degraded": meta.get("degraded"),
+                "degraded_metrics": meta.get("degraded_metrics"),
+                "rollback_recommended": meta.get("rollback_recommended"),
+                **{k: round(v, 4) for k, v in meta.items() if k.startswith("live_")},
+            }
+    if job == ROLLBACK_JOB and result.success:
+        summary["rollback"] = result.output_for_node("rollback_champion")
     for evaluation in result.get_asset_check_evaluations():
         summary["checks"].append(
             {
@@ -95,39 +124,69 @@ def summarize_run(result: Any, day: str, job: str, seconds: float) -> dict[str, 
     return summary
 
 
-def demo_schedule(spec: PipelineSpec, train_days: int) -> list[tuple[str, str]]:
+STATIONARY_DAYS = 5
+
+
+def demo_schedule(spec: PipelineSpec, train_days: int, start: date) -> list[tuple[str, str]]:
     """(partition, job) pairs: ingest until a training window is full, then the whole lifecycle
     for `train_days` days."""
     warmup = spec.model.training_window_days - 1
-    start = spec.partitions.start
-    last = spec.partitions.end or date.today()
-    plan = []
-    for offset in range(warmup + train_days):
-        day = start + timedelta(days=offset)
-        if spec.partitions.end and day >= last:
-            break
-        plan.append((day.isoformat(), INGEST_JOB if offset < warmup else LIFECYCLE_JOB))
-    return plan
+    days = story_days(start, warmup + train_days, spec.partitions.end)
+    return [
+        (day.isoformat(), INGEST_JOB if offset < warmup else LIFECYCLE_JOB)
+        for offset, day in enumerate(days)
+    ]
 
 
-def run_demo(spec: PipelineSpec, defs: Definitions, train_days: int) -> dict[str, Any]:
+def default_story(spec: PipelineSpec, train_days: int) -> tuple[date, int]:
+    """First day and number of monitored days: for the bundled demo, five stationary days, the
+    drift day and two after it; otherwise five days from the start of the partitions."""
+    if not spec.is_bundled_demo:
+        return spec.partitions.start, STATIONARY_DAYS
+    from mlops_assets.demo_data import DRIFT_START
+
+    warmup = spec.model.training_window_days - 1
+    start = DRIFT_START - timedelta(days=warmup + train_days + STATIONARY_DAYS)
+    return start, STATIONARY_DAYS + 3
+
+
+def run_demo(
+    spec: PipelineSpec, defs: Definitions, train_days: int, start: date, monitor_days: int
+) -> dict[str, Any]:
+    """Warm up (ingest, then train) with jobs launched directly, then let the sensors drive
+    `monitor_days` simulated days."""
+    from mlops_assets.demo_data import write_demo_data
+
     instance = prepare_dagster_home()
+    plan = demo_schedule(spec, train_days, start)
+    if spec.is_bundled_demo:
+        write_demo_data(start=start, days=len(plan))
     runs = []
-    for day, job_name in demo_schedule(spec, train_days):
+    for day, job_name in plan:
         job = defs.resolve_job_def(job_name)
         started = time.monotonic()
         print(f"[{day}] running {job_name} ...", file=sys.stderr, flush=True)
         result = job.execute_in_process(partition_key=day, instance=instance, raise_on_error=False)
         runs.append(summarize_run(result, day, job_name, time.monotonic() - started))
-    champion = next((r["gate"]["champion_after"] for r in reversed(runs) if r.get("gate")), None)
+
+    def arrive(day: date) -> None:
+        print(f"[{day}] new data; ticking the sensors ...", file=sys.stderr, flush=True)
+        if spec.is_bundled_demo:
+            write_demo_data(start=day, days=1)
+
+    first = start + timedelta(days=len(plan))
+    days = story_days(first, monitor_days, spec.partitions.end)
+    story = run_story(spec, defs, instance, days, arrive, summarize_run)
+    story_runs = [run for day in story for run in day["runs"]]
     return {
         "pipeline": spec.name,
         "model": spec.model_name,
         "mlops_home": str(mlops_home()),
         "dagster_home": str(dagster_home()),
         "runs": runs,
-        "runs_failed": sum(not r["success"] for r in runs),
-        "champion_version": champion,
+        "days": story,
+        "runs_failed": sum(not r["success"] for r in [*runs, *story_runs]),
+        "champion_version": defs.resources["mlflow"].champion(spec.model_name),
     }
 
 
@@ -153,8 +212,66 @@ def format_summary(summary: dict[str, Any]) -> str:
         for failure in run.get("failed_steps", []):
             parts.append(f"failed {failure['step']}: {failure['error']}")
         lines.append(" | ".join(parts))
+    for day in summary.get("days", []):
+        lines.append(format_day(day))
     lines.append(f"champion: v{summary['champion_version']}; failed runs: {summary['runs_failed']}")
     return "\n".join(lines)
+
+
+def format_day(day: dict[str, Any]) -> str:
+    """One simulated day: runs, drift, performance, sensor decisions, gate, champion."""
+    parts = [f"{day['day']} {day['started_at'][11:19]}"]
+    jobs = ", ".join(
+        f"{r['job']} {r['partition'] or ''} {'ok' if r['success'] else 'FAILED'}".replace("  ", " ")
+        for r in day["runs"]
+    )
+    parts.append(f"runs: {jobs or 'none'}")
+    if "drift" in day:
+        drift = day["drift"]
+        flagged = "DRIFT" if drift["drift_detected"] else "no drift"
+        parts.append(
+            f"{flagged} share {drift['drift_share']:.2f} {sorted(drift['drifted_columns'] or [])}"
+        )
+    if "performance" in day:
+        perf = day["performance"]
+        state = "DEGRADED" if perf["degraded"] else "ok"
+        parts.append(f"performance {perf['partition']} v{perf['model_version']} {state}")
+    sensor = day["drift_sensor"]
+    if sensor["run_requests"]:
+        parts.append("drift_sensor -> " + ", ".join(r["run_key"] for r in sensor["run_requests"]))
+    else:
+        parts.append(f"drift_sensor skipped: {sensor['skip']}")
+    for gate in day["gate_verdicts"]:
+        parts.append(f"gate v{gate['version']}: {gate['why']}")
+    if "rollback" in day:
+        rollback = day["rollback"]
+        parts.append(f"rolled back v{rollback['from_version']} -> v{rollback['to_version']}")
+    parts.append(f"champion v{day['champion_version']}")
+    return " | ".join(parts)
+
+
+def rollback_command(spec: PipelineSpec, reason: str, to_version: str) -> int:
+    """Run the rollback job for the user; prints what moved, or why nothing did."""
+    instance = prepare_dagster_home()
+    job = build_definitions(spec).resolve_job_def(ROLLBACK_JOB)
+    config = {"reason": reason, "to_version": to_version}
+    with contextlib.redirect_stdout(sys.stderr):
+        result = job.execute_in_process(
+            run_config={"ops": {"rollback_champion": {"config": config}}},
+            instance=instance,
+            tags={"mlops/requested_by": f"user {os.environ.get('USER', 'unknown')} (CLI)"},
+            raise_on_error=False,
+        )
+    summary = summarize_run(result, "", ROLLBACK_JOB, 0.0)
+    if not result.success:
+        print(f"rollback failed: {summary['failed_steps'][0]['error']}", file=sys.stderr)
+        return 1
+    record = summary["rollback"]
+    print(
+        f"{spec.model_name}: champion v{record['from_version']} -> v{record['to_version']} "
+        f"({record['reason']}); dagster run {result.run_id}"
+    )
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -164,9 +281,39 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--config", help="pipeline spec YAML (default: $MLOPS_CONFIG or the demo)")
     demo.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
     demo.add_argument(
-        "--train-days", type=int, default=3, help="days of training + promotion (default 3)"
+        "--train-days", type=int, default=2, help="days of training + promotion (default 2)"
     )
+    demo.add_argument(
+        "--monitor-days",
+        type=int,
+        help="days driven by the sensors after training (default: through the demo's drift "
+        "day and two after it; 5 for other specs)",
+    )
+    demo.add_argument(
+        "--start",
+        type=date.fromisoformat,
+        help="first day (default: so the demo's drift day falls on the 6th monitored day; "
+        "partitions.start for other specs)",
+    )
+    rollback = commands.add_parser(
+        "rollback", help="move the champion back to the version it replaced"
+    )
+    rollback.add_argument(
+        "--config", help="pipeline spec YAML (default: $MLOPS_CONFIG or the demo)"
+    )
+    rollback.add_argument("--reason", required=True, help="why (recorded on both versions)")
+    rollback.add_argument("--to-version", default="", help="a blessed version (default: previous)")
     commands.add_parser("demo-data", help="write the bundled demo dataset into MLOPS_HOME")
+    retire = commands.add_parser("retire", help="archive a model version (docs/governance.md)")
+    reproduce = commands.add_parser(
+        "reproduce", help="retrain a model version from its recorded inputs, compare metrics"
+    )
+    for sub in (retire, reproduce):
+        sub.add_argument("--config", help="pipeline spec YAML (default: $MLOPS_CONFIG or the demo)")
+        sub.add_argument("--version", required=True, help="registered model version")
+    retire.add_argument("--reason", required=True, help="why (recorded in the audit trail)")
+    retire.add_argument("--force", action="store_true", help="allow retiring the champion")
+    reproduce.add_argument("--json", action="store_true", help="print the result as JSON")
     args = parser.parse_args(argv)
 
     from mlops_assets.demo_data import write_demo_data
@@ -182,9 +329,23 @@ def main(argv: list[str] | None = None) -> int:
     except SpecError as exc:
         print(exc, file=sys.stderr)
         return 2
-    if spec.is_bundled_demo:
-        write_demo_data()
+    if args.command == "retire":
+        defs = build_definitions(spec)
+        return retire_command(
+            spec, defs, prepare_dagster_home(), args.version, args.reason, args.force
+        )
+    if args.command == "reproduce":
+        return reproduce_command(spec, args.version, args.json)
+    if args.command == "rollback":
+        return rollback_command(spec, args.reason, args.to_version)
+    start, monitor_days = default_story(spec, args.train_days)
     with contextlib.redirect_stdout(sys.stderr):
-        summary = run_demo(spec, build_definitions(spec), args.train_days)
+        summary = run_demo(
+            spec,
+            build_definitions(spec),
+            args.train_days,
+            args.start or start,
+            monitor_days if args.monitor_days is None else args.monitor_days,
+        )
     print(json.dumps(summary, indent=2, default=str) if args.json else format_summary(summary))
     return 1 if summary["runs_failed"] else 0

@@ -10,7 +10,9 @@ from mlops_assets.features import feature_refs
 from mlops_assets.spec import PipelineSpec
 from mlops_assets.training import load_model_version, positive_class
 from mlops_resources.feast_store import FeastResource
-from mlops_resources.mlflow_tracking import MLflowResource
+from mlops_resources.mlflow_tracking import CHALLENGER_ALIAS, MLflowResource
+
+SHADOW_TAG = "mlops.shadow_partitions"
 
 
 def score(model: object, X: pd.DataFrame, spec: PipelineSpec) -> pd.DataFrame:
@@ -37,6 +39,49 @@ def prediction_summary(predictions: pd.DataFrame, spec: PipelineSpec) -> dict[st
     return {str(k): round(float(v), 4) for k, v in predictions["prediction"].describe().items()}
 
 
+def shadow_comparison(
+    champion: pd.DataFrame, challenger: pd.DataFrame, spec: PipelineSpec
+) -> dict[str, float]:
+    """How closely the challenger's output follows the champion's on the same rows."""
+    if spec.is_classification:
+        result = {"agreement": float((champion["prediction"] == challenger["prediction"]).mean())}
+        if "score" in champion:
+            result["mean_abs_score_difference"] = float(
+                (champion["score"] - challenger["score"]).abs().mean()
+            )
+        return result
+    return {
+        "mean_abs_difference": float(
+            (champion["prediction"] - challenger["prediction"]).abs().mean()
+        )
+    }
+
+
+def shadow_score(
+    context: AssetExecutionContext,
+    mlflow: MLflowResource,
+    spec: PipelineSpec,
+    X: pd.DataFrame,
+    champion_output: pd.DataFrame,
+) -> tuple[pd.DataFrame | None, dict[str, object]]:
+    """Score the challenger (if any) beside the champion and record the partition on it."""
+    name = spec.model_name
+    challenger = mlflow.alias_version(name, CHALLENGER_ALIAS)
+    if challenger is None:
+        return None, {}
+    output = score(load_model_version(name, challenger), X, spec)
+    comparison = shadow_comparison(champion_output, output, spec)
+    scored = {p for p in mlflow.version_tags(name, challenger).get(SHADOW_TAG, "").split(",") if p}
+    scored.add(context.partition_key)
+    mlflow.tag_version(name, challenger, {SHADOW_TAG: ",".join(sorted(scored))})
+    context.log.info(f"challenger v{challenger} shadow-scored: {comparison}")
+    return output, {
+        "challenger_version": challenger,
+        "shadow_partitions": len(scored),
+        "shadow_comparison": MetadataValue.json(comparison),
+    }
+
+
 def build_batch_predictions(spec: PipelineSpec) -> AssetsDefinition:
     @asset(
         name="batch_predictions",
@@ -45,8 +90,8 @@ def build_batch_predictions(spec: PipelineSpec) -> AssetsDefinition:
         deps=["model_promotion"],
         output_required=False,
         description="The partition's rows scored by the current champion (loaded from the "
-        "registry by alias), with features read through Feast. Not materialized while no "
-        "champion exists.",
+        "registry by alias), with features read through Feast; a challenger, while one exists, "
+        "is scored beside it (shadow). Not materialized while no champion exists.",
         kinds={"mlflow", "feast", "pandas"},
     )
     def batch_predictions(
@@ -64,14 +109,15 @@ def build_batch_predictions(spec: PipelineSpec) -> AssetsDefinition:
         entities = validated_data[[spec.entity_key, spec.timestamp]]
         rows = feast.historical_features(entities, feature_refs(spec))
         model = load_model_version(spec.model_name, champion)
+        X = rows[spec.feature_names]
+        output = score(model, X, spec)
         predictions = pd.concat(
-            [
-                rows[[spec.entity_key, spec.timestamp]].reset_index(drop=True),
-                score(model, rows[spec.feature_names], spec),
-            ],
-            axis=1,
+            [rows[[spec.entity_key, spec.timestamp]].reset_index(drop=True), output], axis=1
         )
         predictions["model_version"] = champion
+        shadow, shadow_metadata = shadow_score(context, mlflow, spec, X, output)
+        if shadow is not None:
+            predictions["challenger_prediction"] = shadow["prediction"].to_numpy()
         summary = prediction_summary(predictions, spec)
         context.log.info(f"scored {len(predictions)} rows with champion v{champion}")
         yield Output(
@@ -83,6 +129,7 @@ def build_batch_predictions(spec: PipelineSpec) -> AssetsDefinition:
                 "mlflow_model_version": MetadataValue.url(
                     mlflow.model_version_url(spec.model_name, champion)
                 ),
+                **shadow_metadata,
             },
         )
 

@@ -13,19 +13,34 @@ from dagster import (
     AssetCheckSpec,
     AssetExecutionContext,
     AssetsDefinition,
+    Config,
     Failure,
     MetadataValue,
+    OpExecutionContext,
     Output,
     asset,
+    job,
+    op,
 )
 
 from mlops_assets.data import daily_partitions
+from mlops_assets.governance import gate_rules, publish_model_card, record_audit
+from mlops_assets.inference import SHADOW_TAG
+from mlops_assets.markdown import markdown_table
 from mlops_assets.spec import METRICS_BY_TASK, GateSpec, PipelineSpec
 from mlops_assets.training import evaluate, load_model_version, split
-from mlops_resources.mlflow_tracking import MLflowResource, PromotionConflict
+from mlops_resources.mlflow_tracking import (
+    CHALLENGER_ALIAS,
+    MLFLOW_RETRY_POLICY,
+    MLflowResource,
+    PromotionConflict,
+)
 
 GATE_CHECK = "promotion_gate"
 MAX_PROMOTION_ATTEMPTS = 3
+ROLLBACK_JOB = "rollback"
+BASELINE_TAG = "mlops.baseline_version"
+REPLACED_TAG = "mlops.replaced_version"
 
 
 @dataclass
@@ -44,8 +59,10 @@ def decide(
     candidate: dict[str, float],
     champion: dict[str, float] | None,
     champion_version: str | None,
+    extra_rules: list[dict[str, Any]] | None = None,
 ) -> Blessing:
-    """Apply value thresholds, then (with a champion) direction-aware change thresholds.
+    """Apply value thresholds, then (with a champion) direction-aware change thresholds, then
+    `extra_rules` (governance: fairness, slices), which never bless on their own.
 
     Fail closed: no thresholds at all means no blessing; a NaN metric fails its rule.
     """
@@ -90,7 +107,6 @@ def decide(
                     "passed": ok,
                 }
             )
-    failed = [r for r in rules if not r["passed"]]
     scope = (
         "no champion yet: value thresholds only"
         if champion is None
@@ -100,6 +116,8 @@ def decide(
         return Blessing(
             False, champion_version, f"{scope}; no rule applies: not promoted (fail closed)"
         )
+    rules += extra_rules or []
+    failed = [r for r in rules if not r["passed"]]
     if failed:
         detail = "; ".join(
             f"{r['metric']} {r['candidate']:.4g}"
@@ -113,17 +131,53 @@ def decide(
     )
 
 
-def rules_table(rules: list[dict[str, Any]]) -> str:
-    def fmt(v: float | None) -> str:
-        return "-" if v is None else f"{v:.4f}"
+def record_promotion(
+    context: AssetExecutionContext,
+    mlflow: MLflowResource,
+    name: str,
+    version: str,
+    replaced: str | None,
+    reason: str,
+) -> dict[str, str]:
+    """Tag the replaced version and the audit trail (who, when, run, why); returns the audit."""
+    mlflow.tag_version(name, version, {REPLACED_TAG: replaced or "none"})
+    return record_audit(context, mlflow, name, version, "promote", reason)
 
-    lines = ["| metric | rule | candidate | champion | passed |", "|---|---|---|---|---|"]
-    lines += [
-        f"| {r['metric']} | {r['rule']} | {fmt(r['candidate'])} | {fmt(r['champion'])} | "
-        f"{'yes' if r['passed'] else 'no'} |"
-        for r in rules
-    ]
-    return "\n".join(lines)
+
+def settle_challenger(
+    context: AssetExecutionContext, mlflow: MLflowResource, name: str, shadow_days: int
+) -> None:
+    """Promote the challenger once it was shadow-scored on `shadow_days` partitions; drop it
+    when the champion it was judged against is no longer the champion."""
+    challenger = mlflow.alias_version(name, CHALLENGER_ALIAS)
+    if challenger is None:
+        return
+    tags = mlflow.version_tags(name, challenger)
+    scored = [p for p in tags.get(SHADOW_TAG, "").split(",") if p]
+    champion = mlflow.champion(name)
+    if tags.get(BASELINE_TAG) != (champion or "none"):
+        mlflow.delete_alias(name, CHALLENGER_ALIAS)
+        context.log.warning(
+            f"challenger v{challenger} was judged against v{tags.get(BASELINE_TAG)}, but the "
+            f"champion is now v{champion}: dropped"
+        )
+    elif len(scored) >= shadow_days:
+        mlflow.move_champion(name, challenger, expected=champion)
+        mlflow.delete_alias(name, CHALLENGER_ALIAS)
+        record_promotion(context, mlflow, name, challenger, champion, f"shadow-scored on {scored}")
+        context.log.info(f"challenger v{challenger} promoted after shadow scoring on {scored}")
+    else:
+        context.log.info(
+            f"challenger v{challenger} shadow-scored on {len(scored)} of {shadow_days} "
+            "partitions: kept in shadow"
+        )
+
+
+def rules_table(rules: list[dict[str, Any]]) -> str:
+    return markdown_table(
+        ["metric", "rule", "candidate", "champion", "passed"],
+        [(r["metric"], r["rule"], r["candidate"], r["champion"], r["passed"]) for r in rules],
+    )
 
 
 def build_model_promotion(spec: PipelineSpec) -> AssetsDefinition:
@@ -143,6 +197,7 @@ def build_model_promotion(spec: PipelineSpec) -> AssetsDefinition:
             )
         ],
         kinds={"mlflow"},
+        retry_policy=MLFLOW_RETRY_POLICY,
     )
     def model_promotion(
         context: AssetExecutionContext,
@@ -152,16 +207,23 @@ def build_model_promotion(spec: PipelineSpec) -> AssetsDefinition:
     ):
         name, version = candidate_model["name"], candidate_model["version"]
         X_hold, y_hold = split(training_set, spec, "holdout")
+        if spec.gate.shadow_days:
+            settle_challenger(context, mlflow, name, spec.gate.shadow_days)
         before = mlflow.champion(name)
         moved = False
+        audit: dict[str, str] = {}
+        shadowed = False
         for _attempt in range(MAX_PROMOTION_ATTEMPTS):
             champion_version = mlflow.champion(name)
             if champion_version == version:
                 blessing = Blessing(True, version, f"v{version} is already the champion")
                 break
+            champion_model = (
+                load_model_version(name, champion_version) if champion_version else None
+            )
             champion_metrics = (
-                evaluate(load_model_version(name, champion_version), X_hold, y_hold, spec)
-                if champion_version
+                evaluate(champion_model, X_hold, y_hold, spec)
+                if champion_model is not None
                 else None
             )
             blessing = decide(
@@ -170,32 +232,36 @@ def build_model_promotion(spec: PipelineSpec) -> AssetsDefinition:
                 candidate_model["metrics"],
                 champion_metrics,
                 champion_version,
+                gate_rules(spec, candidate_model, champion_model, training_set),
             )
             mlflow.tag_version(
                 name,
                 version,
                 {
                     "mlops.blessed": blessing.blessed,
-                    "mlops.baseline_version": blessing.baseline_version or "none",
+                    BASELINE_TAG: blessing.baseline_version or "none",
                     "mlops.gate_message": blessing.message[:4000],
                     "mlops.gate_partition": context.partition_key,
                 },
             )
             if not blessing.blessed:
                 break
+            if spec.gate.shadow_days and champion_version is not None:
+                mlflow.set_alias(name, CHALLENGER_ALIAS, version)
+                mlflow.tag_version(name, version, {SHADOW_TAG: ""})
+                blessing.message += (
+                    f"; now the challenger, scored beside v{champion_version} for "
+                    f"{spec.gate.shadow_days} partition(s) before promotion"
+                )
+                shadowed = True
+                break
             try:
                 mlflow.move_champion(name, version, expected=champion_version)
             except PromotionConflict as exc:
                 context.log.warning(f"{exc}; re-evaluating against the new champion")
                 continue
-            mlflow.tag_version(
-                name,
-                version,
-                {
-                    "mlops.promoted_at": datetime.now(UTC).isoformat(),
-                    "mlops.promoted_by": f"dagster run {context.run_id}",
-                    "mlops.replaced_version": champion_version or "none",
-                },
+            audit = record_promotion(
+                context, mlflow, name, version, champion_version, blessing.message
             )
             moved = True
             break
@@ -213,9 +279,12 @@ def build_model_promotion(spec: PipelineSpec) -> AssetsDefinition:
             "champion_before": before,
             "champion_after": after,
             "champion_moved": moved,
+            "challenger": shadowed,
             "message": blessing.message,
             "rules": blessing.rules,
+            "audit": audit,
         }
+        card = publish_model_card(mlflow, spec, candidate_model, verdict)
         yield Output(
             verdict,
             metadata={
@@ -225,11 +294,14 @@ def build_model_promotion(spec: PipelineSpec) -> AssetsDefinition:
                 "champion_before": verdict["champion_before"] or "none",
                 "champion_after": verdict["champion_after"] or "none",
                 "champion_moved": moved,
+                "challenger": shadowed,
                 "message": blessing.message,
                 "metrics": MetadataValue.md(
                     rules_table(blessing.rules) if blessing.rules else blessing.message
                 ),
                 "mlflow_model_version": MetadataValue.url(mlflow.model_version_url(name, version)),
+                "model_card": MetadataValue.md(card),
+                **audit,
             },
         )
         yield AssetCheckResult(
@@ -241,3 +313,74 @@ def build_model_promotion(spec: PipelineSpec) -> AssetsDefinition:
         )
 
     return model_promotion
+
+
+class RollbackConfig(Config):
+    """Why the champion is rolled back, and optionally to which version."""
+
+    reason: str
+    to_version: str = ""
+
+
+def rollback_champion(
+    mlflow: MLflowResource, name: str, reason: str, actor: str, to_version: str = ""
+) -> dict[str, str]:
+    """Move `champion` back to the version it replaced (or `to_version`), compare-and-set,
+    recording who, when and why on both versions."""
+    if not reason.strip():
+        raise Failure("a rollback needs a reason")
+    current = mlflow.champion(name)
+    if current is None:
+        raise Failure(f"{name} has no champion: nothing to roll back")
+    target = to_version or mlflow.version_tags(name, current).get(REPLACED_TAG, "none")
+    if target in ("", "none"):
+        raise Failure(f"{name} v{current} replaced no earlier version: nothing to roll back to")
+    if target == current:
+        raise Failure(f"{name} v{target} is already the champion")
+    target_tags = mlflow.version_tags(name, target)
+    if target_tags.get("mlops.blessed") != "True":
+        raise Failure(f"{name} v{target} was never blessed by the gate: not a rollback target")
+    mlflow.move_champion(name, target, expected=current)
+    now = datetime.now(UTC).isoformat()
+    mlflow.tag_version(
+        name,
+        current,
+        {
+            "mlops.rolled_back_at": now,
+            "mlops.rolled_back_by": actor,
+            "mlops.rolled_back_reason": reason[:4000],
+            "mlops.rolled_back_to": target,
+        },
+    )
+    mlflow.tag_version(name, target, {"mlops.restored_at": now, "mlops.restored_from": current})
+    return {"from_version": current, "to_version": target, "reason": reason, "by": actor}
+
+
+def build_rollback_job(spec: PipelineSpec) -> Any:
+    @op(name="rollback_champion", description="Move the champion alias back (compare-and-set).")
+    def rollback_op(
+        context: OpExecutionContext, config: RollbackConfig, mlflow: MLflowResource
+    ) -> dict[str, str]:
+        tags = context.run.tags
+        actor = (
+            f"sensor {tags['dagster/sensor_name']}"
+            if "dagster/sensor_name" in tags
+            else tags.get("mlops/requested_by", "user")
+        ) + f" (dagster run {context.run_id})"
+        record = rollback_champion(mlflow, spec.model_name, config.reason, actor, config.to_version)
+        context.log.info(
+            f"champion of {spec.model_name} rolled back from v{record['from_version']} to "
+            f"v{record['to_version']}: {config.reason}"
+        )
+        context.add_output_metadata({**record, "model": spec.model_name})
+        return record
+
+    @job(
+        name=ROLLBACK_JOB,
+        description="Move the champion alias back to the version it replaced (or a chosen "
+        "blessed version), recording who, when and why.",
+    )
+    def rollback():
+        rollback_op()
+
+    return rollback

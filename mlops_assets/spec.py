@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 from datetime import date
 from enum import StrEnum
+from itertools import pairwise
 from pathlib import Path
 from typing import Any, Literal
 
@@ -30,6 +31,33 @@ METRICS_BY_TASK: dict[str, dict[str, bool]] = {
     "multiclass_classification": {"accuracy": True, "f1_macro": True, "log_loss": False},
     "regression": {"rmse": False, "mae": False, "r2": True},
 }
+
+
+# The values each metric can take; a threshold outside them could never pass.
+METRIC_RANGES: dict[str, tuple[float, float]] = {
+    **dict.fromkeys(["roc_auc", "accuracy", "f1", "f1_macro", "brier"], (0.0, 1.0)),
+    **dict.fromkeys(["log_loss", "rmse", "mae"], (0.0, float("inf"))),
+    "r2": (float("-inf"), 1.0),
+}
+
+
+def impossible_threshold(gate: GateSpec) -> str | None:
+    """Why a gate threshold could never be met (outside the metric's range), else None."""
+    for metric, bound in gate.value_thresholds.items():
+        low, high = METRIC_RANGES[metric]
+        where = f"gate.value_thresholds.{metric}"
+        if bound.min is not None and bound.min > high:
+            return f"{where}: min {bound.min} can never be met ({metric} is at most {high:g})"
+        if bound.max is not None and bound.max < low:
+            return f"{where}: max {bound.max} can never be met ({metric} is at least {low:g})"
+    for metric, change in gate.change_thresholds.items():
+        low, high = METRIC_RANGES[metric]
+        if change.min_absolute_change is not None and change.min_absolute_change > high - low:
+            return (
+                f"gate.change_thresholds.{metric}: min_absolute_change {change.min_absolute_change}"
+                f" can never be met ({metric} spans at most {high - low:g})"
+            )
+    return None
 
 
 class SpecError(ValueError):
@@ -59,7 +87,7 @@ class SourceSpec(StrictModel):
     format: Literal["csv", "parquet"] | None = Field(
         default=None, description="File format; inferred from the extension when omitted."
     )
-    csv_delimiter: str = ","
+    csv_delimiter: str = Field(default=",", min_length=1)
     csv_encoding: str = "utf-8"
 
 
@@ -70,7 +98,7 @@ class FeatureSpec(StrictModel):
     type: Literal["numeric", "categorical"]
     min: float | None = None
     max: float | None = None
-    allowed_values: list[str] | None = None
+    allowed_values: list[str] | None = Field(default=None, min_length=1)
     nullable: bool = False
 
     @model_validator(mode="after")
@@ -160,6 +188,162 @@ class GateSpec(StrictModel):
 
     value_thresholds: dict[str, ValueThreshold] = Field(default_factory=dict)
     change_thresholds: dict[str, ChangeThreshold] = Field(default_factory=dict)
+    shadow_days: int = Field(
+        default=0,
+        ge=0,
+        description="With a champion in place, a blessed candidate first becomes `challenger` and "
+        "is scored beside the champion on this many partitions before it is promoted.",
+    )
+
+
+# Evidently drift methods: p-value tests flag drift below the threshold, distances above it.
+DRIFT_METHODS = {
+    "ks",
+    "chisquare",
+    "z",
+    "anderson",
+    "fisher_exact",
+    "cramer_von_mises",
+    "g_test",
+    "mannw",
+    "t_test",
+    "empirical_mmd",
+    "es",
+    "epps_singleton",
+    "wasserstein",
+    "kl_div",
+    "psi",
+    "jensenshannon",
+    "hellinger",
+    "ed",
+    "TVD",
+}
+PREDICTION_COLUMN = "prediction"
+
+
+class DriftTestSpec(StrictModel):
+    """An Evidently drift method and its threshold (None: Evidently's default for the method)."""
+
+    method: str
+    threshold: float | None = Field(default=None, gt=0)
+
+    @field_validator("method")
+    @classmethod
+    def _known(cls, method: str) -> str:
+        if method not in DRIFT_METHODS:
+            raise ValueError(f"unknown drift method {method!r}; known: {sorted(DRIFT_METHODS)}")
+        return method
+
+
+class DriftSpec(StrictModel):
+    """Data and prediction drift against the champion's recorded training reference."""
+
+    numeric: DriftTestSpec = DriftTestSpec(method="wasserstein", threshold=0.1)
+    categorical: DriftTestSpec = DriftTestSpec(method="jensenshannon", threshold=0.1)
+    columns: dict[str, DriftTestSpec] = Field(
+        default_factory=dict, description="Per-column overrides (features or `prediction`)."
+    )
+    drift_share: float = Field(
+        default=0.3, gt=0, le=1, description="Share of drifted features that flags the day."
+    )
+    severity: Literal["WARN", "ERROR"] = "WARN"
+    sample_size: int = Field(
+        default=20_000, ge=100, description="Max rows per side; larger inputs are sampled."
+    )
+    reference_size: int = Field(
+        default=10_000, ge=100, description="Rows of training data recorded with each model."
+    )
+
+
+class PerformanceSpec(StrictModel):
+    """The champion on labelled data, once labels have arrived."""
+
+    label_delay_days: int = Field(default=1, ge=0)
+    max_degradation: dict[str, float] = Field(
+        default_factory=dict,
+        description="Per metric: how much worse than the training-time holdout is tolerated.",
+    )
+    severity: Literal["WARN", "ERROR"] = "ERROR"
+    rollback_margin: dict[str, float] = Field(
+        default_factory=dict,
+        description="Per metric: roll back when the champion is worse than the version it "
+        "replaced by more than this on the same labelled rows.",
+    )
+
+
+class MonitoringSpec(StrictModel):
+    """Monitoring thresholds and the automation that acts on them."""
+
+    drift: DriftSpec = Field(default_factory=DriftSpec)
+    performance: PerformanceSpec = Field(default_factory=PerformanceSpec)
+    retrain_cooldown_days: int = Field(
+        default=3, ge=0, description="No new sensor-triggered retraining within this many days."
+    )
+    nightly_training: bool = Field(default=False, description="Start the nightly schedule on.")
+    nightly_cron_hour: int = Field(default=2, ge=0, le=23)
+
+
+class SliceSpec(StrictModel):
+    """A column to group holdout rows by: a categorical feature as is, a numeric one by `bins`."""
+
+    column: str
+    bins: list[float] | None = Field(
+        default=None, description="Increasing bin edges for a numeric column, e.g. [18, 40, 110]."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_name(cls, value: Any) -> Any:
+        return {"column": value} if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _increasing(self) -> SliceSpec:
+        if self.bins is not None and (
+            len(self.bins) < 2 or any(b <= a for a, b in pairwise(self.bins))
+        ):
+            raise ValueError(f"bins of '{self.column}' must be at least 2 increasing edges")
+        return self
+
+
+class SliceTolerance(StrictModel):
+    """Gate rule: in no slice may `metric` be worse than the champion's by more than `max_drop`."""
+
+    metric: str
+    max_drop: float = Field(ge=0)
+
+
+class FairnessSpec(StrictModel):
+    """Group fairness of the predicted favorable outcome across a sensitive attribute."""
+
+    sensitive_attribute: SliceSpec
+    favorable_class: str | None = Field(
+        default=None, description="The outcome people want (default: the positive class)."
+    )
+    min_group_rows: int = Field(default=30, ge=1)
+    max_demographic_parity_difference: float | None = Field(default=None, ge=0, le=1)
+    max_equal_opportunity_difference: float | None = Field(default=None, ge=0, le=1)
+    min_disparate_impact_ratio: float | None = Field(default=None, ge=0, le=1)
+
+
+class CalibrationSpec(StrictModel):
+    """Reliability-curve bins, and an optional calibration step (off by default)."""
+
+    method: Literal["none", "sigmoid", "isotonic"] = "none"
+    folds: int = Field(default=3, ge=2)
+    bins: int = Field(default=10, ge=2)
+
+
+class GovernanceSpec(StrictModel):
+    """What the model card, the slice/fairness/calibration reports and their gate rules use."""
+
+    intended_use: str = ""
+    limitations: list[str] = Field(default_factory=list)
+    slices: list[SliceSpec] = Field(default_factory=list)
+    slice_by_day: bool = True
+    min_slice_rows: int = Field(default=30, ge=1)
+    slice_tolerance: SliceTolerance | None = None
+    fairness: FairnessSpec | None = None
+    calibration: CalibrationSpec = Field(default_factory=CalibrationSpec)
 
 
 class PipelineSpec(StrictModel):
@@ -184,6 +368,8 @@ class PipelineSpec(StrictModel):
     model: ModelSpec = Field(default_factory=ModelSpec)
     gate: GateSpec = Field(default_factory=GateSpec)
     expectations: list[ExpectationSpec] = Field(default_factory=list)
+    governance: GovernanceSpec = Field(default_factory=GovernanceSpec)
+    monitoring: MonitoringSpec = Field(default_factory=MonitoringSpec)
     spec_path: Path | None = Field(default=None, exclude=True, description="Set by load_spec.")
 
     @field_validator("features")
@@ -224,6 +410,70 @@ class PipelineSpec(StrictModel):
                     f"gate.value_thresholds.{metric}: {better} is better for {metric}, so give "
                     f"{'min' if known[metric] else 'max'}, not {wrong}"
                 )
+        impossible = impossible_threshold(self.gate)
+        if impossible:
+            raise ValueError(impossible)
+        columns = sorted(
+            set(self.monitoring.drift.columns) - {*self.feature_names, PREDICTION_COLUMN}
+        )
+        if columns:
+            raise ValueError(
+                f"monitoring.drift.columns: {columns} are not features or '{PREDICTION_COLUMN}'"
+            )
+        performance = self.monitoring.performance
+        for section in ("max_degradation", "rollback_margin"):
+            unknown = sorted(set(getattr(performance, section)) - set(known))
+            if unknown:
+                raise ValueError(
+                    f"monitoring.performance.{section}: unknown metric(s) {unknown} for task "
+                    f"{self.task.value}; known: {sorted(known)}"
+                )
+            negative = sorted(k for k, v in getattr(performance, section).items() if v < 0)
+            if negative:
+                raise ValueError(
+                    f"monitoring.performance.{section}: {negative} must be 0 or more (an amount "
+                    "of worsening in the metric's bad direction)"
+                )
+        return self
+
+    @model_validator(mode="after")
+    def _governance_fits(self) -> PipelineSpec:
+        gov = self.governance
+        types = {f.name: f.type for f in self.features}
+        named = [(f"governance.slices[{i}]", item) for i, item in enumerate(gov.slices)]
+        if gov.fairness:
+            named.append(
+                ("governance.fairness.sensitive_attribute", gov.fairness.sensitive_attribute)
+            )
+        for key, item in named:
+            if item.column not in types:
+                raise ValueError(
+                    f"{key}.column: '{item.column}' is not a feature (known: {self.feature_names})"
+                )
+            numeric = types[item.column] == "numeric"
+            if numeric != (item.bins is not None):
+                rule = "needs bins" if numeric else "is categorical and takes no bins"
+                raise ValueError(f"{key}.bins: {types[item.column]} feature '{item.column}' {rule}")
+        known = METRICS_BY_TASK[self.task]
+        if gov.slice_tolerance and gov.slice_tolerance.metric not in known:
+            raise ValueError(
+                f"governance.slice_tolerance.metric: unknown metric '{gov.slice_tolerance.metric}' "
+                f"for task {self.task.value}; known: {sorted(known)}"
+            )
+        if gov.fairness and self.task != Task.binary_classification:
+            raise ValueError("governance.fairness: only binary_classification tasks are supported")
+        favorable = gov.fairness.favorable_class if gov.fairness else None
+        if favorable is not None and self.classes and favorable not in self.classes:
+            raise ValueError(
+                f"governance.fairness.favorable_class: '{favorable}' is not one of {self.classes}"
+            )
+        if gov.calibration.method != "none" and (
+            not self.is_classification or self.model.kind == "torch_mlp"
+        ):
+            raise ValueError(
+                "governance.calibration.method: calibration needs a classification task and a "
+                "scikit-learn model kind"
+            )
         return self
 
     @property

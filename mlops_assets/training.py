@@ -18,12 +18,20 @@ from dagster import (
 
 from mlops_assets.data import daily_partitions
 from mlops_assets.features import SPLIT_COLUMN
-from mlops_assets.spec import PipelineSpec, Task
-from mlops_resources.mlflow_tracking import MLflowResource
+from mlops_assets.governance import (
+    governance_metadata,
+    lineage_tags,
+    log_governance,
+    publish_model_card,
+)
+from mlops_assets.spec import PREDICTION_COLUMN, PipelineSpec, Task
+from mlops_resources.mlflow_tracking import MLFLOW_RETRY_POLICY, MLflowResource
 from mlops_resources.storage import mlops_home
 from mlops_resources.torch_executor import TorchExecutorResource
 
 LOAD_CHECK = "loads_and_predicts"
+REFERENCE_ARTIFACT_DIR = "reference"
+REFERENCE_FILE = "reference.parquet"
 KIND_TAG = "mlops.model_kind"
 TORCH_KIND = "torch_mlp"
 
@@ -75,9 +83,15 @@ def build_estimator(spec: PipelineSpec) -> Any:
             ),
         ]
     )
-    return Pipeline(
+    pipeline = Pipeline(
         [("preprocess", preprocess), ("model", cls(**{**defaults, **spec.model.params}))]
     )
+    calibration = spec.governance.calibration
+    if calibration.method == "none":
+        return pipeline
+    from sklearn.calibration import CalibratedClassifierCV
+
+    return CalibratedClassifierCV(pipeline, method=calibration.method, cv=calibration.folds)
 
 
 def evaluate(model: Any, X: pd.DataFrame, y: pd.Series, spec: PipelineSpec) -> dict[str, float]:
@@ -111,6 +125,35 @@ def evaluate(model: Any, X: pd.DataFrame, y: pd.Series, spec: PipelineSpec) -> d
         "log_loss": float(m.log_loss(y, proba, labels=classes)),
         "brier": float(np.mean((score - truth) ** 2)),
     }
+
+
+def monitored_output(model: Any, X: pd.DataFrame, spec: PipelineSpec) -> np.ndarray:
+    """The model output whose drift is watched: the positive-class score for binary tasks,
+    the predicted class for multiclass, the prediction for regression."""
+    if spec.task == Task.binary_classification:
+        classes = np.asarray(model.classes_)
+        column = list(classes).index(positive_class(spec, classes))
+        return model.predict_proba(X)[:, column]
+    if spec.task == Task.multiclass_classification:
+        return np.asarray(model.predict(X)).astype(str)
+    return np.asarray(model.predict(X), dtype=float)
+
+
+def log_reference(model: Any, spec: PipelineSpec, X_train: pd.DataFrame) -> None:
+    """Record the drift reference with the model: a seeded sample of its training rows and its
+    output on them, as an artifact of the active MLflow run."""
+    import tempfile
+    from pathlib import Path
+
+    import mlflow as mlflow_api
+
+    size = min(len(X_train), spec.monitoring.drift.reference_size)
+    sample = X_train.sample(n=size, random_state=spec.model.seed)
+    reference = sample.assign(**{PREDICTION_COLUMN: monitored_output(model, sample, spec)})
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / REFERENCE_FILE
+        reference.to_parquet(path, index=False)
+        mlflow_api.log_artifact(str(path), artifact_path=REFERENCE_ARTIFACT_DIR)
 
 
 def split(df: pd.DataFrame, spec: PipelineSpec, part: str) -> tuple[pd.DataFrame, pd.Series]:
@@ -227,6 +270,7 @@ def build_candidate_model(spec: PipelineSpec) -> AssetsDefinition:
             )
         ],
         kinds={"mlflow", "pytorch" if spec.model.kind == TORCH_KIND else "scikit-learn"},
+        retry_policy=MLFLOW_RETRY_POLICY,
     )
     def candidate_model(
         context: AssetExecutionContext,
@@ -268,6 +312,8 @@ def build_candidate_model(spec: PipelineSpec) -> AssetsDefinition:
                 context="training",
             )
             info = log_model(model, spec, X_train.head(50))
+            log_reference(model, spec, X_train)
+            report = log_governance(context, spec, model, training_set)
         version = str(info.registered_model_version)
         mlflow.tag_version(
             spec.model_name,
@@ -276,21 +322,25 @@ def build_candidate_model(spec: PipelineSpec) -> AssetsDefinition:
                 KIND_TAG: spec.model.kind,
                 "mlops.partition": context.partition_key,
                 "mlops.dagster_run_id": context.run_id,
+                **lineage_tags(report),
             },
         )
         reloaded = load_model_version(spec.model_name, version)
         sample = X_hold.head(20)
         predictions = np.asarray(reloaded.predict(sample))
         loads = len(predictions) == len(sample)
+        candidate = {
+            "name": spec.model_name,
+            "version": version,
+            "run_id": run.info.run_id,
+            "model_uri": f"models:/{spec.model_name}/{version}",
+            "metrics": metrics,
+            "kind": spec.model.kind,
+            "governance": report,
+        }
+        card = publish_model_card(mlflow, spec, candidate)
         yield Output(
-            {
-                "name": spec.model_name,
-                "version": version,
-                "run_id": run.info.run_id,
-                "model_uri": f"models:/{spec.model_name}/{version}",
-                "metrics": metrics,
-                "kind": spec.model.kind,
-            },
+            candidate,
             metadata={
                 "model_version": version,
                 "mlflow_run": MetadataValue.url(mlflow.run_url(run.info.run_id)),
@@ -300,6 +350,7 @@ def build_candidate_model(spec: PipelineSpec) -> AssetsDefinition:
                 "mlflow_run_id": run.info.run_id,
                 **({"device": MetadataValue.json(device)} if device else {}),
                 **{f"holdout_{k}": v for k, v in metrics.items()},
+                **governance_metadata(report, card),
             },
         )
         yield AssetCheckResult(

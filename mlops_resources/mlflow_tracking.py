@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
-from dagster import ConfigurableResource, InitResourceContext
+from dagster import Backoff, ConfigurableResource, InitResourceContext, RetryPolicy
 from pydantic import Field, PrivateAttr
 
 from mlops_resources.storage import disable_telemetry, mlops_home
@@ -15,6 +16,9 @@ if TYPE_CHECKING:
     from mlflow import ActiveRun, MlflowClient
 
 CHAMPION_ALIAS = "champion"
+# Steps that talk to MLflow retry transient outages a bounded number of times, then fail.
+MLFLOW_RETRY_POLICY = RetryPolicy(max_retries=2, delay=1, backoff=Backoff.EXPONENTIAL)
+CHALLENGER_ALIAS = "challenger"
 
 
 class PromotionConflict(RuntimeError):
@@ -41,20 +45,31 @@ class MLflowResource(ConfigurableResource):
     _experiment_id: str = PrivateAttr(default="")
 
     def setup_for_execution(self, context: InitResourceContext) -> None:
-        self._activate()
+        # No request here: an unreachable server then fails inside the step, where the step's
+        # RetryPolicy applies, instead of failing resource initialization.
+        self._point_fluent_api()
 
-    def _activate(self) -> None:
+    def _point_fluent_api(self) -> None:
         """Point MLflow's process-wide fluent API (runs, log_model, registry) at this store."""
         import mlflow
 
         mlflow.set_tracking_uri(self.resolved_tracking_uri)
         mlflow.set_registry_uri(self.resolved_tracking_uri)
+
+    def _activate(self) -> None:
+        self._point_fluent_api()
         if not self._experiment_id:
             self._experiment_id = self._ensure_experiment()
 
     @property
     def resolved_tracking_uri(self) -> str:
         if self.tracking_uri:
+            if urlsplit(self.tracking_uri).password:
+                raise ValueError(
+                    "MLflowResource.tracking_uri must not carry a password (it would be echoed "
+                    "in errors and logs); set MLFLOW_TRACKING_USERNAME and "
+                    "MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) in the environment"
+                )
             return self.tracking_uri
         folder = mlops_home() / "mlflow"
         folder.mkdir(parents=True, exist_ok=True)
@@ -106,13 +121,37 @@ class MLflowResource(ConfigurableResource):
 
     def champion(self, name: str) -> str | None:
         """The version number the `champion` alias points at (a string), or None."""
+        return self.alias_version(name, CHAMPION_ALIAS)
+
+    def alias_version(self, name: str, alias: str) -> str | None:
+        """The version number `alias` points at (a string), or None."""
         from mlflow.exceptions import MlflowException
 
         try:
-            version = self.client().get_model_version_by_alias(name, CHAMPION_ALIAS)
+            version = self.client().get_model_version_by_alias(name, alias)
         except MlflowException:
             return None
         return str(version.version)
+
+    def set_alias(self, name: str, alias: str, version: str | int) -> None:
+        self.client().set_registered_model_alias(name, alias, str(version))
+
+    def delete_alias(self, name: str, alias: str) -> None:
+        self.client().delete_registered_model_alias(name, alias)
+
+    def version_tags(self, name: str, version: str | int) -> dict[str, str]:
+        return dict(self.client().get_model_version(name, str(version)).tags)
+
+    def version_run_id(self, name: str, version: str | int) -> str:
+        """The MLflow run that logged a registered version."""
+        return self.client().get_model_version(name, str(version)).run_id
+
+    def run_metrics(self, run_id: str) -> dict[str, float]:
+        return dict(self.client().get_run(run_id).data.metrics)
+
+    def download_run_artifact(self, run_id: str, path: str, dst: str) -> str:
+        """Download one artifact of a run into `dst`; returns the local path."""
+        return self.client().download_artifacts(run_id, path, dst)
 
     def tag_version(self, name: str, version: str | int, tags: dict[str, Any]) -> None:
         client = self.client()

@@ -2,12 +2,13 @@
 
 import os
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 import yaml
 
-from mlops_assets.demo_data import DEMO_START, write_demo_data
+from mlops_assets.demo_data import DRIFT_START, write_demo_data
 from mlops_assets.spec import DEMO_SPEC_PATH
 from mlops_resources.storage import disable_telemetry
 
@@ -15,7 +16,13 @@ disable_telemetry()
 
 TEST_ROWS_PER_DAY = 400
 TEST_WINDOW_DAYS = 6
-TEST_TRAIN_DAYS = 3
+TEST_TRAIN_DAYS = 2
+TEST_STATIONARY_DAYS = 3  # monitored days before the demo's drift day
+TEST_MONITOR_DAYS = TEST_STATIONARY_DAYS + 2  # ... then the drift day and one after it
+TEST_START = DRIFT_START - timedelta(
+    days=TEST_WINDOW_DAYS - 1 + TEST_TRAIN_DAYS + TEST_STATIONARY_DAYS
+)
+TEST_EXTRA_DAYS = 2  # data written after the story, for tests that need an unused partition
 
 
 def write_spec(path: Path, **overrides: object) -> Path:
@@ -36,8 +43,9 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 @pytest.fixture(scope="session")
 def lifecycle(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
-    """The demo lifecycle run once through the CLI on small demo data: warm-up ingest days, then
-    TEST_TRAIN_DAYS days of training, gating and scoring. Tests read the state it leaves."""
+    """The demo story run once through the CLI on small demo data: warm-up ingest days,
+    TEST_TRAIN_DAYS days of training, gating and scoring, then TEST_MONITOR_DAYS days driven by
+    the sensors, through the demo's drift day. Tests read the state it leaves."""
     from mlops_assets.cli import main
     from mlops_assets.spec import load_spec
 
@@ -45,12 +53,18 @@ def lifecycle(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     saved = {k: os.environ.get(k) for k in ("MLOPS_HOME", "DAGSTER_HOME", "MLOPS_CONFIG")}
     os.environ["MLOPS_HOME"] = str(root / "home")
     os.environ["DAGSTER_HOME"] = str(root / "home" / "dagster")
-    days = TEST_WINDOW_DAYS - 1 + TEST_TRAIN_DAYS + 2
-    write_demo_data(days=days, rows_per_day=TEST_ROWS_PER_DAY)
-    model = yaml.safe_load(DEMO_SPEC_PATH.read_text())["model"]
+    days = TEST_WINDOW_DAYS - 1 + TEST_TRAIN_DAYS + TEST_MONITOR_DAYS + TEST_EXTRA_DAYS
+    write_demo_data(start=TEST_START, days=days, rows_per_day=TEST_ROWS_PER_DAY)
+    demo = yaml.safe_load(DEMO_SPEC_PATH.read_text())
+    monitoring = demo["monitoring"]
+    # 400 rows a day: metric noise is larger than with the demo's 2,000, so wider tolerances.
+    monitoring["performance"].update(
+        max_degradation={"roc_auc": 0.1}, rollback_margin={"roc_auc": 0.08}
+    )
     spec_path = write_spec(
         root / "spec.yaml",
-        model={**model, "training_window_days": TEST_WINDOW_DAYS, "holdout_days": 2},
+        model={**demo["model"], "training_window_days": TEST_WINDOW_DAYS, "holdout_days": 2},
+        monitoring=monitoring,
     )
     summary_path = root / "summary.json"
     import contextlib
@@ -60,7 +74,18 @@ def lifecycle(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         code = main(
-            ["demo", "--json", "--config", str(spec_path), "--train-days", str(TEST_TRAIN_DAYS)]
+            [
+                "demo",
+                "--json",
+                "--config",
+                str(spec_path),
+                "--train-days",
+                str(TEST_TRAIN_DAYS),
+                "--start",
+                TEST_START.isoformat(),
+                "--monitor-days",
+                str(TEST_MONITOR_DAYS),
+            ]
         )
     summary_path.write_text(out.getvalue())
     try:
@@ -72,7 +97,11 @@ def lifecycle(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
             "exit_code": code,
             "stdout": out.getvalue(),
             "summary": json.loads(out.getvalue()),
-            "first_day": DEMO_START,
+            "first_day": TEST_START,
+            "extra_days": [
+                TEST_START + timedelta(days=days - TEST_EXTRA_DAYS + i)
+                for i in range(TEST_EXTRA_DAYS)
+            ],
         }
     finally:
         for key, value in saved.items():

@@ -1,7 +1,5 @@
 """A bad partition: the blocking GX check fails naming each rule; nothing downstream runs."""
 
-from datetime import timedelta
-
 import pandas as pd
 from dagster import AssetKey, DagsterInstance
 
@@ -11,8 +9,7 @@ from mlops_resources.mlflow_tracking import MLflowResource
 
 def test_bad_partition_is_stopped_by_the_blocking_check(lifecycle):
     spec = lifecycle["spec"]
-    last_trained = lifecycle["summary"]["runs"][-1]["partition"]
-    day = (pd.Timestamp(last_trained) + timedelta(days=1)).date().isoformat()
+    day = lifecycle["extra_days"][0].isoformat()
     source = lifecycle["home"] / "demo_data" / f"loans_{day}.parquet"
     df = pd.read_parquet(source)
     df.loc[0:4, "income"] = None  # nulls

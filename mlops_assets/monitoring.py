@@ -1,0 +1,325 @@
+"""Monitoring stage: drift_report (Evidently, against the reference recorded with the model) and
+model_performance (the champion on labels once they arrive), each with its own asset check."""
+
+import math
+import tempfile
+from typing import Any
+
+import pandas as pd
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetCheckSpec,
+    AssetExecutionContext,
+    AssetsDefinition,
+    AutomationCondition,
+    Failure,
+    MetadataValue,
+    Output,
+    asset,
+)
+
+from mlops_assets.data import daily_partitions
+from mlops_assets.markdown import markdown_table
+from mlops_assets.promotion import REPLACED_TAG
+from mlops_assets.spec import METRICS_BY_TASK, PREDICTION_COLUMN, PipelineSpec
+from mlops_assets.training import (
+    REFERENCE_ARTIFACT_DIR,
+    REFERENCE_FILE,
+    evaluate,
+    load_model_version,
+)
+from mlops_resources.drift_detection import DriftTest, EvidentlyResource
+from mlops_resources.mlflow_tracking import MLflowResource
+from mlops_resources.storage import ReportStoreResource
+
+DRIFT_CHECK = "drift_share_below_threshold"
+PERFORMANCE_CHECK = "performance_within_tolerance"
+REGRESSION_CHECK = "champion_not_worse_than_replaced"
+
+
+def drift_tests(spec: PipelineSpec) -> dict[str, DriftTest]:
+    """Method and threshold per monitored column: by type, then per-column overrides."""
+    drift = spec.monitoring.drift
+    by_type = {"numeric": drift.numeric, "categorical": drift.categorical}
+    tests = {f.name: by_type[f.type] for f in spec.features}
+    tests[PREDICTION_COLUMN] = drift.numeric if prediction_is_numeric(spec) else drift.categorical
+    tests.update(drift.columns)
+    return {c: DriftTest(t.method, t.threshold) for c, t in tests.items()}
+
+
+def prediction_is_numeric(spec: PipelineSpec) -> bool:
+    return spec.task.value != "multiclass_classification"
+
+
+def load_reference(mlflow: MLflowResource, spec: PipelineSpec, version: str) -> pd.DataFrame:
+    """The training sample and model output recorded with a registered version."""
+    run_id = mlflow.version_run_id(spec.model_name, version)
+    with tempfile.TemporaryDirectory() as folder:
+        try:
+            path = mlflow.download_run_artifact(
+                run_id, f"{REFERENCE_ARTIFACT_DIR}/{REFERENCE_FILE}", folder
+            )
+        except Exception as exc:  # MlflowException or OSError, both mean "not recorded"
+            raise Failure(
+                f"model {spec.model_name} v{version} (run {run_id}) has no recorded drift "
+                f"reference {REFERENCE_ARTIFACT_DIR}/{REFERENCE_FILE}: retrain it ({exc})"
+            ) from exc
+        return pd.read_parquet(path)
+
+
+def current_frame(
+    spec: PipelineSpec, validated_data: pd.DataFrame, predictions: pd.DataFrame
+) -> pd.DataFrame:
+    """The day's features joined with the monitored model output, by entity and timestamp."""
+    keys = [spec.entity_key, spec.timestamp]
+    output = "score" if "score" in predictions else "prediction"
+    monitored = predictions[[*keys, output]].rename(columns={output: PREDICTION_COLUMN})
+    if not prediction_is_numeric(spec):
+        monitored[PREDICTION_COLUMN] = monitored[PREDICTION_COLUMN].astype(str)
+    return validated_data[[*keys, *spec.feature_names]].merge(monitored, on=keys, how="inner")
+
+
+def report_link(location: str) -> MetadataValue:
+    return MetadataValue.url(location) if "://" in location else MetadataValue.path(location)
+
+
+def build_drift_report(spec: PipelineSpec) -> AssetsDefinition:
+    drift = spec.monitoring.drift
+    features = spec.feature_names
+
+    @asset(
+        name="drift_report",
+        partitions_def=daily_partitions(spec),
+        group_name="monitoring",
+        description="Evidently data drift of every feature and prediction drift for the day, "
+        "against the training reference recorded with the model that scored it. The HTML "
+        "report is linked; the metadata carries what the drift sensor reads.",
+        check_specs=[
+            AssetCheckSpec(
+                DRIFT_CHECK,
+                asset="drift_report",
+                description=f"Share of drifted features stays below {drift.drift_share}.",
+            )
+        ],
+        kinds={"evidently"},
+        automation_condition=AutomationCondition.eager()
+        & AutomationCondition.all_deps_blocking_checks_passed(),
+    )
+    def drift_report(
+        context: AssetExecutionContext,
+        mlflow: MLflowResource,
+        evidently: EvidentlyResource,
+        reports: ReportStoreResource,
+        validated_data: pd.DataFrame,
+        batch_predictions: pd.DataFrame,
+    ):
+        version = str(batch_predictions["model_version"].iloc[0])
+        reference = load_reference(mlflow, spec, version)
+        current = current_frame(spec, validated_data, batch_predictions)
+        columns = [*features, PREDICTION_COLUMN]
+        outcome = evidently.compare(
+            reference,
+            current,
+            numeric=[c for c in columns if is_numeric(c)],
+            categorical=[c for c in columns if not is_numeric(c)],
+            tests=drift_tests(spec),
+            sample_size=drift.sample_size,
+        )
+        share = outcome.share(features)
+        detected = share >= drift.drift_share
+        drifted = {c.column: round(c.score, 4) for c in outcome.drifted(features)}
+        prediction = next(c for c in outcome.columns if c.column == PREDICTION_COLUMN)
+        location = reports.save(
+            f"drift_report/{spec.name}/{context.partition_key}.html", outcome.html
+        )
+        summary = {
+            "partition": context.partition_key,
+            "model_version": version,
+            "drift_share": share,
+            "drift_detected": detected,
+            "drifted_columns": drifted,
+            "prediction_drift": prediction.drifted,
+            "prediction_drift_score": prediction.score,
+            "reference_rows": outcome.reference_rows,
+            "current_rows": outcome.current_rows,
+            "sampled": outcome.sampled,
+            "report": location,
+        }
+        context.log.info(
+            f"drift share {share:.2f} (threshold {drift.drift_share}) against v{version}: "
+            f"drifted {sorted(drifted) or 'none'}"
+        )
+        yield Output(
+            summary,
+            metadata={
+                "drift_share": share,
+                "drift_detected": detected,
+                "drift_share_threshold": drift.drift_share,
+                "drifted_columns": MetadataValue.json(drifted),
+                "column_tests": MetadataValue.md(column_table(outcome.columns)),
+                "prediction_drift": prediction.drifted,
+                "prediction_drift_score": prediction.score,
+                "model_version": version,
+                "reference_rows": outcome.reference_rows,
+                "current_rows": outcome.current_rows,
+                "sampled": outcome.sampled,
+                "sample_size": drift.sample_size,
+                "drift_report_html": report_link(location),
+            },
+        )
+        yield AssetCheckResult(
+            check_name=DRIFT_CHECK,
+            passed=not detected,
+            severity=AssetCheckSeverity(drift.severity),
+            description=f"{len(drifted)} of {len(features)} features drifted "
+            f"(share {share:.2f}, threshold {drift.drift_share})",
+            metadata={"drift_share": share, "drifted_columns": MetadataValue.json(drifted)},
+        )
+
+    def is_numeric(column: str) -> bool:
+        if column == PREDICTION_COLUMN:
+            return prediction_is_numeric(spec)
+        return next(f.type for f in spec.features if f.name == column) == "numeric"
+
+    return drift_report
+
+
+def column_table(columns: list[Any]) -> str:
+    return markdown_table(
+        ["column", "method", "threshold", "score", "drifted"],
+        [(c.column, c.method, c.threshold, c.score, c.drifted) for c in columns],
+    )
+
+
+def worsening(spec: PipelineSpec, metric: str, reference: float, value: float) -> float:
+    """How much worse `value` is than `reference` in the metric's bad direction (NaN-safe)."""
+    sign = 1.0 if METRICS_BY_TASK[spec.task][metric] else -1.0
+    delta = sign * (reference - value)
+    return delta if not math.isnan(delta) else math.inf
+
+
+def build_model_performance(spec: PipelineSpec) -> AssetsDefinition:
+    performance = spec.monitoring.performance
+
+    @asset(
+        name="model_performance",
+        partitions_def=daily_partitions(spec),
+        group_name="monitoring",
+        deps=["model_promotion"],
+        output_required=False,
+        description=f"The champion's metrics on a day's labels, materialized "
+        f"{performance.label_delay_days} day(s) after the day (labels lag), versus its "
+        "training-time holdout metrics and versus the version it replaced. Concept drift "
+        "shows here, not in data drift.",
+        check_specs=[
+            AssetCheckSpec(
+                PERFORMANCE_CHECK,
+                asset="model_performance",
+                description="No metric worse than the training-time holdout beyond "
+                f"max_degradation {performance.max_degradation}.",
+            ),
+            AssetCheckSpec(
+                REGRESSION_CHECK,
+                asset="model_performance",
+                description="The champion is not worse than the version it replaced beyond "
+                f"rollback_margin {performance.rollback_margin} (else: roll back).",
+            ),
+        ],
+        kinds={"mlflow", "scikit-learn"},
+    )
+    def model_performance(
+        context: AssetExecutionContext, mlflow: MLflowResource, validated_data: pd.DataFrame
+    ):
+        name = spec.model_name
+        champion = mlflow.champion(name)
+        if champion is None:
+            context.log.warning(f"no champion for {name}: nothing to evaluate")
+            return
+        X, y = validated_data[spec.feature_names], validated_data[spec.label]
+        live = evaluate(load_model_version(name, champion), X, y, spec)
+        holdout = {
+            k.removeprefix("holdout_"): v
+            for k, v in mlflow.run_metrics(mlflow.version_run_id(name, champion)).items()
+            if k.startswith("holdout_")
+        }
+        degradation = {
+            m: worsening(spec, m, holdout.get(m, math.nan), live[m])
+            for m in performance.max_degradation
+        }
+        degraded = sorted(m for m, d in degradation.items() if d > performance.max_degradation[m])
+        replaced = mlflow.version_tags(name, champion).get(REPLACED_TAG, "none")
+        previous = (
+            evaluate(load_model_version(name, replaced), X, y, spec)
+            if replaced != "none" and performance.rollback_margin
+            else {}
+        )
+        regression = (
+            {m: worsening(spec, m, previous[m], live[m]) for m in performance.rollback_margin}
+            if previous
+            else {}
+        )
+        regressed = sorted(m for m, d in regression.items() if d > performance.rollback_margin[m])
+        result = {
+            "partition": context.partition_key,
+            "model_version": champion,
+            "labelled_rows": len(validated_data),
+            "live": live,
+            "holdout": holdout,
+            "degraded": bool(degraded),
+            "degraded_metrics": degraded,
+            "replaced_version": replaced,
+            "replaced_live": previous,
+            "rollback_recommended": bool(regressed),
+        }
+        context.log.info(
+            f"champion v{champion} on {len(validated_data)} labelled rows: {live}; "
+            f"degraded {degraded or 'no'}; worse than v{replaced}: {regressed or 'no'}"
+        )
+        yield Output(
+            result,
+            metadata={
+                "model_version": champion,
+                "labelled_rows": len(validated_data),
+                "label_delay_days": performance.label_delay_days,
+                "degraded": bool(degraded),
+                "degraded_metrics": MetadataValue.json(degraded),
+                "rollback_recommended": bool(regressed),
+                "replaced_version": replaced,
+                "metrics": MetadataValue.md(metric_table(live, holdout, previous)),
+                **{f"live_{k}": v for k, v in live.items()},
+            },
+        )
+        yield AssetCheckResult(
+            check_name=PERFORMANCE_CHECK,
+            passed=not degraded,
+            severity=AssetCheckSeverity(performance.severity),
+            description=(
+                f"worse than holdout beyond tolerance: {degraded}"
+                if degraded
+                else "within tolerance of the training-time holdout"
+            ),
+            metadata={"degradation": MetadataValue.json(degradation)},
+        )
+        yield AssetCheckResult(
+            check_name=REGRESSION_CHECK,
+            passed=not regressed,
+            severity=AssetCheckSeverity(performance.severity),
+            description=(
+                f"v{champion} is worse than v{replaced} on {regressed}: roll back"
+                if regressed
+                else f"v{champion} not worse than the replaced version ({replaced})"
+            ),
+            metadata={"regression": MetadataValue.json(regression)},
+        )
+
+    return model_performance
+
+
+def metric_table(
+    live: dict[str, float], holdout: dict[str, float], previous: dict[str, float]
+) -> str:
+    return markdown_table(
+        ["metric", "live", "holdout", "replaced version"],
+        [(m, v, holdout.get(m), previous.get(m)) for m, v in live.items()],
+    )
