@@ -213,18 +213,21 @@ def slice_groups(spec: PipelineSpec, holdout: pd.DataFrame) -> Iterator[tuple[st
 
 
 def slice_metrics(spec: PipelineSpec, model: Any, holdout: pd.DataFrame) -> list[dict[str, Any]]:
-    """The task's metrics on each slice of the holdout (NaN where a metric is undefined)."""
-    from mlops_assets.training import evaluate
+    """The task's metrics on each slice of the holdout (NaN where a metric is undefined); the
+    model scores the holdout once. `holdout` has a default RangeIndex."""
+    from mlops_assets.training import model_output, output_metrics
 
+    output, classes = model_output(model, holdout[spec.feature_names], spec)
     rows = []
     for column, value, index in slice_groups(spec, holdout):
-        part = holdout.loc[index]
         rows.append(
             {
                 "slice": column,
                 "value": value,
-                "rows": len(part),
-                "metrics": evaluate(model, part[spec.feature_names], part[spec.label], spec),
+                "rows": len(index),
+                "metrics": output_metrics(
+                    output[index], classes, holdout[spec.label].iloc[index], spec
+                ),
             }
         )
     return rows
@@ -815,6 +818,7 @@ def reproduce_version(
     against the recorded data version) with the recorded seed, and compare holdout metrics."""
     from mlflow.exceptions import MlflowException
 
+    from mlops_assets import training
     from mlops_assets.training import TORCH_KIND, build_estimator, evaluate, split
 
     client = mlflow.client()
@@ -862,6 +866,9 @@ def reproduce_version(
         "data_version": actual_version,
         "seed": spec.model.seed,
         "code_version": found.tags.get(CODE_VERSION_TAG),
+        # The training stage's code version today, for the recorded spec: a difference explains
+        # a mismatch (the code changed since the version was trained).
+        "code_version_now": code_version(spec, "candidate_model", str(training.__file__)),
         "git_commit": found.tags.get("mlops.git_commit"),
         "metrics": rows,
         "match": bool(rows) and all(r["match"] for r in rows),
@@ -923,7 +930,8 @@ def reproduce_command(spec: PipelineSpec, version: str, as_json: bool) -> int:
     else:
         print(
             f"{result['model']} v{result['version']}: data version {result['data_version']}, "
-            f"seed {result['seed']}, code version {result['code_version']}"
+            f"seed {result['seed']}, code version {result['code_version']} "
+            f"(now {result['code_version_now']})"
         )
         for row in result["metrics"]:
             print(

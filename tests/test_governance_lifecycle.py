@@ -192,6 +192,7 @@ def test_reproduce_gets_the_same_metrics(lifecycle, calibrated_version):
     )
     result = json.loads(out)
     assert code == 0 and result["match"] and {m["metric"] for m in result["metrics"]} >= {"roc_auc"}
+    assert result["code_version_now"] == result["code_version"]  # same code, same spec
     client = MLflowResource().client()
     name = lifecycle["spec"].model_name
     assert client.get_model_version(name, calibrated_version).tags["mlops.reproduced"] == "match"
