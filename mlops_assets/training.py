@@ -96,17 +96,32 @@ def build_estimator(spec: PipelineSpec) -> Any:
 
 def evaluate(model: Any, X: pd.DataFrame, y: pd.Series, spec: PipelineSpec) -> dict[str, float]:
     """Holdout metrics for the spec's task (the names the gate accepts)."""
+    return output_metrics(*model_output(model, X, spec), y, spec)
+
+
+def model_output(
+    model: Any, X: pd.DataFrame, spec: PipelineSpec
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Class probabilities and the classes (classification), or predictions and None."""
+    if not spec.is_classification:
+        return np.asarray(model.predict(X), dtype=float), None
+    return model.predict_proba(X), np.asarray(model.classes_)
+
+
+def output_metrics(
+    output: np.ndarray, classes: np.ndarray | None, y: pd.Series, spec: PipelineSpec
+) -> dict[str, float]:
+    """The task's metrics from a model's output (see model_output), e.g. for rows of a slice."""
     from sklearn import metrics as m
 
-    if not spec.is_classification:
-        pred = np.asarray(model.predict(X), dtype=float)
+    if classes is None:
+        pred = output
         return {
             "rmse": float(math.sqrt(m.mean_squared_error(y, pred))),
             "mae": float(m.mean_absolute_error(y, pred)),
             "r2": float(m.r2_score(y, pred)),
         }
-    proba = model.predict_proba(X)
-    classes = np.asarray(model.classes_)
+    proba = output
     pred = classes[proba.argmax(axis=1)]
     if spec.task == Task.multiclass_classification:
         return {
