@@ -10,35 +10,33 @@ BIN=.venv/bin
 export MLOPS_SERVICES_DIR="${MLOPS_SERVICES_DIR:-$(mktemp -d "${TMPDIR:-/tmp}/mlops-it.XXXXXX")}"
 
 have_postgres() { ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; }
-missing_packages() {
-    have_postgres || echo postgresql
-    command -v redis-server >/dev/null || echo redis-server
-    [ -x /usr/bin/chromium ] || echo chromium
-}
+have_servers() { have_postgres && command -v redis-server >/dev/null; }
 
-install_system_packages() {
-    local missing sudo=""
-    missing="$(missing_packages | tr '\n' ' ')"
-    [ -z "${missing// /}" ] && return 0
+# apt_install PACKAGE...: install with apt-get (sudo when not root); on failure print why.
+apt_install() {
+    local sudo=""
     if [ "$(id -u)" -ne 0 ]; then
         if command -v sudo >/dev/null && sudo -n true 2>/dev/null; then
             sudo="sudo -n"
         else
-            echo "cannot install $missing: apt-get needs root and sudo is not available"
+            echo "cannot install $*: apt-get needs root and sudo is not available"
             return 0
         fi
     fi
-    echo "[integration] apt-get install $missing" >&2
+    echo "[integration] apt-get install $*" >&2
     if ! { $sudo apt-get update -qq && $sudo env DEBIAN_FRONTEND=noninteractive \
-        apt-get install -y -qq --no-install-recommends $missing; } >&2; then
-        echo "apt-get install $missing failed"
+        apt-get install -y -qq --no-install-recommends "$@"; } >&2; then
+        echo "apt-get install $* failed"
     fi
 }
 
-apt_problem="$(install_system_packages)"
+# The servers and the browser separately: without Chromium only the UI tests skip.
+apt_problem=""
+have_servers || apt_problem="$(apt_install postgresql redis-server)"
+[ -x /usr/bin/chromium ] || apt_install chromium >&2
 "$BIN/pip" install --quiet -c constraints.txt -e '.[dev,integration]'
 
-if have_postgres && command -v redis-server >/dev/null; then
+if have_servers; then
     trap 'bash scripts/services.sh stop; rm -rf "$MLOPS_SERVICES_DIR"' EXIT
     bash scripts/services.sh start
 else

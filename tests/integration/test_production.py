@@ -153,9 +153,9 @@ def test_bad_partition_is_stopped_by_the_blocking_check(production, bad_partitio
     instance = DagsterInstance.get()
     for downstream in ("features", "training_set", "candidate_model", "batch_predictions"):
         assert day not in instance.get_materialized_partitions(AssetKey(downstream))
-    assert f"dagster/validated_data/{day}" not in s3_keys(
-        os.environ["MLOPS_S3_BUCKET"], "dagster/validated_data/"
-    )
+        assert f"dagster/{downstream}/{day}" not in s3_keys(
+            os.environ["MLOPS_S3_BUCKET"], f"dagster/{downstream}/"
+        )
 
 
 def test_credentials_never_reach_logs_metadata_or_mlflow(production, bad_partition):
