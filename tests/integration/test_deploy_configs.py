@@ -91,13 +91,18 @@ def test_k8s_definitions_use_the_k8s_job_executor_with_per_asset_requests() -> N
 
 
 def test_training_asset_requests_a_gpu_when_the_model_is_torch(tmp_path: Path) -> None:
-    spec_path = write_spec(tmp_path / "spec.yaml", model={"kind": "torch_mlp"})
-    defs = build_definitions(load_spec(spec_path))
-    tags = defs.resolve_assets_def("candidate_model").op.tags
-    config = tags.get("dagster-k8s/config")
-    assert config is not None, "candidate_model (torch_mlp) carries no dagster-k8s/config tag"
+    """Read the tags the way dagster-k8s does when it builds the step's pod."""
+    from dagster_k8s.job import get_user_defined_k8s_config
+
+    def training_limits(kind: str) -> dict:
+        spec_path = write_spec(tmp_path / f"{kind}.yaml", model={"kind": kind})
+        defs = build_definitions(load_spec(spec_path))
+        tags = defs.resolve_assets_def("candidate_model").op.tags
+        resources = get_user_defined_k8s_config(tags).container_config.get("resources", {})
+        return resources.get("limits", {})
+
     expected = k8s_gpu_tags()["dagster-k8s/config"]["container_config"]["resources"]["limits"]
-    assert (
-        config["container_config"]["resources"]["limits"]["nvidia.com/gpu"]
-        == (expected["nvidia.com/gpu"])
+    assert training_limits("torch_mlp").get("nvidia.com/gpu") == expected["nvidia.com/gpu"], (
+        "candidate_model of a torch_mlp model asks Kubernetes for no GPU"
     )
+    assert "nvidia.com/gpu" not in training_limits("hist_gradient_boosting")
