@@ -38,6 +38,8 @@ have_servers || apt_problem="$(apt_install postgresql redis-server)"
 
 if have_servers; then
     trap 'bash scripts/services.sh stop; rm -rf "$MLOPS_SERVICES_DIR"' EXIT
+    trap 'exit 130' INT
+    trap 'exit 143' TERM
     bash scripts/services.sh start
 else
     export MLOPS_INTEGRATION_UNAVAILABLE="PostgreSQL or Redis missing: ${apt_problem:-unknown}"

@@ -34,8 +34,8 @@ TIMEOUT_MS = 60_000
 def dagster_ui(production: dict, bad_partition: dict) -> Iterator[str]:
     """`dagster dev` (webserver + daemon) on the production instance and spec of the session."""
     port = os.environ.get("MLOPS_UI_PORT", "53000")
-    subprocess.run(["bash", str(SERVICES), "start-ui"], check=True, timeout=300)
     try:
+        subprocess.run(["bash", str(SERVICES), "start-ui"], check=True, timeout=300)
         yield f"http://127.0.0.1:{port}"
     finally:
         subprocess.run(["bash", str(SERVICES), "stop-ui"], timeout=180)
