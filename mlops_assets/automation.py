@@ -191,8 +191,8 @@ def build_drift_sensor(spec: PipelineSpec, retrain_job: Any, rollback_job: Any) 
             after = max(after, record.storage_id)
             request, decision = decide_on(record, spec, last_retrain)
             decisions.append(decision)
-            context.log.info(decision)
             if request is not None:
+                context.log.info(decision)
                 requests.append(request)
                 if request.job_name == RETRAIN_JOB:
                     last_retrain = request.partition_key
