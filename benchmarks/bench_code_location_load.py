@@ -1,0 +1,58 @@
+"""Code location load: importing definitions.py vs a bare `import dagster`.
+
+Each sample is a fresh interpreter (`python -X importtime` is not used: it slows imports).
+The two commands alternate so that background load hits both. Target: ratio <= 1.5.
+
+    .venv/bin/python benchmarks/bench_code_location_load.py --repeats 7
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BASELINE = "import dagster"
+CANDIDATE = "import definitions"
+HEAVY = ["feast", "evidently", "great_expectations", "mlflow", "torch", "sklearn"]
+
+
+def wall_seconds(code: str) -> float:
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, capture_output=True)
+    return time.perf_counter() - start
+
+
+def heavy_modules_loaded() -> list[str]:
+    listed = f"[m for m in {HEAVY!r} if m in sys.modules]"
+    code = f"import json, sys, definitions; print(json.dumps({listed}))"
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, check=True, capture_output=True, text=True
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--repeats", type=int, default=7)
+    args = parser.parse_args()
+    wall_seconds(CANDIDATE)  # warm the OS file cache for both
+    baseline, candidate = [], []
+    for _ in range(args.repeats):
+        baseline.append(wall_seconds(BASELINE))
+        candidate.append(wall_seconds(CANDIDATE))
+    b, c = statistics.median(baseline), statistics.median(candidate)
+    pairs = statistics.median(x / y for x, y in zip(candidate, baseline, strict=True))
+    print(f"python -c '{BASELINE}':   median {b:.3f} s  (min {min(baseline):.3f})")
+    print(f"python -c '{CANDIDATE}': median {c:.3f} s  (min {min(candidate):.3f})")
+    print(f"ratio of medians {c / b:.2f}, median of paired ratios {pairs:.2f} (target <= 1.5)")
+    print(f"heavy libraries loaded by definitions: {heavy_modules_loaded() or 'none'}")
+
+
+if __name__ == "__main__":
+    main()
