@@ -8,6 +8,7 @@ python -m mlops_assets reproduce --version N [--json] [--config FILE]
 
 import argparse
 import contextlib
+import getpass
 import json
 import os
 import sys
@@ -259,7 +260,7 @@ def rollback_command(spec: PipelineSpec, reason: str, to_version: str) -> int:
         result = job.execute_in_process(
             run_config={"ops": {"rollback_champion": {"config": config}}},
             instance=instance,
-            tags={"mlops/requested_by": f"user {os.environ.get('USER', 'unknown')} (CLI)"},
+            tags={"user": getpass.getuser()},
             raise_on_error=False,
         )
     summary = summarize_run(result, "", ROLLBACK_JOB, 0.0)

@@ -3,7 +3,6 @@ alias, and the move is compare-and-set."""
 
 import math
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import pandas as pd
@@ -322,38 +321,23 @@ class RollbackConfig(Config):
     to_version: str = ""
 
 
-def rollback_champion(
-    mlflow: MLflowResource, name: str, reason: str, actor: str, to_version: str = ""
-) -> dict[str, str]:
-    """Move `champion` back to the version it replaced (or `to_version`), compare-and-set,
-    recording who, when and why on both versions."""
-    if not reason.strip():
-        raise Failure("a rollback needs a reason")
-    current = mlflow.champion(name)
-    if current is None:
-        raise Failure(f"{name} has no champion: nothing to roll back")
+def rollback_target(mlflow: MLflowResource, name: str, current: str, to_version: str) -> str:
+    """The version to restore: `to_version` or the one `current` replaced; it must have been
+    blessed by the gate and not retired."""
     target = to_version or mlflow.version_tags(name, current).get(REPLACED_TAG, "none")
     if target in ("", "none"):
         raise Failure(f"{name} v{current} replaced no earlier version: nothing to roll back to")
     if target == current:
         raise Failure(f"{name} v{target} is already the champion")
-    target_tags = mlflow.version_tags(name, target)
-    if target_tags.get("mlops.blessed") != "True":
+    try:
+        tags = mlflow.version_tags(name, target)
+    except Exception as exc:  # MlflowException: no such version
+        raise Failure(f"{name} v{target} is not a registered version: {exc}") from exc
+    if tags.get("mlops.blessed") != "True":
         raise Failure(f"{name} v{target} was never blessed by the gate: not a rollback target")
-    mlflow.move_champion(name, target, expected=current)
-    now = datetime.now(UTC).isoformat()
-    mlflow.tag_version(
-        name,
-        current,
-        {
-            "mlops.rolled_back_at": now,
-            "mlops.rolled_back_by": actor,
-            "mlops.rolled_back_reason": reason[:4000],
-            "mlops.rolled_back_to": target,
-        },
-    )
-    mlflow.tag_version(name, target, {"mlops.restored_at": now, "mlops.restored_from": current})
-    return {"from_version": current, "to_version": target, "reason": reason, "by": actor}
+    if tags.get("mlops.retired") == "true":
+        raise Failure(f"{name} v{target} is retired: not a rollback target")
+    return target
 
 
 def build_rollback_job(spec: PipelineSpec) -> Any:
@@ -361,13 +345,27 @@ def build_rollback_job(spec: PipelineSpec) -> Any:
     def rollback_op(
         context: OpExecutionContext, config: RollbackConfig, mlflow: MLflowResource
     ) -> dict[str, str]:
-        tags = context.run.tags
-        actor = (
-            f"sensor {tags['dagster/sensor_name']}"
-            if "dagster/sensor_name" in tags
-            else tags.get("mlops/requested_by", "user")
-        ) + f" (dagster run {context.run_id})"
-        record = rollback_champion(mlflow, spec.model_name, config.reason, actor, config.to_version)
+        name = spec.model_name
+        if not config.reason.strip():
+            raise Failure("a rollback needs a reason")
+        current = mlflow.champion(name)
+        if current is None:
+            raise Failure(f"{name} has no champion: nothing to roll back")
+        target = rollback_target(mlflow, name, current, config.to_version)
+        mlflow.move_champion(name, target, expected=current)
+        audit = record_audit(context, mlflow, name, current, "rollback", config.reason)
+        mlflow.tag_version(name, current, {"mlops.rolled_back_to": target})
+        mlflow.tag_version(
+            name,
+            target,
+            {"mlops.restored_at": audit["mlops.rolled_back_at"], "mlops.restored_from": current},
+        )
+        record = {
+            "from_version": current,
+            "to_version": target,
+            "reason": config.reason,
+            "by": audit["mlops.rolled_back_by"],
+        }
         context.log.info(
             f"champion of {spec.model_name} rolled back from v{record['from_version']} to "
             f"v{record['to_version']}: {config.reason}"

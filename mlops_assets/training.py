@@ -27,7 +27,7 @@ from mlops_assets.governance import (
 from mlops_assets.spec import PREDICTION_COLUMN, PipelineSpec, Task
 from mlops_resources.mlflow_tracking import MLFLOW_RETRY_POLICY, MLflowResource
 from mlops_resources.storage import mlops_home
-from mlops_resources.torch_executor import TorchExecutorResource
+from mlops_resources.torch_executor import TorchExecutorResource, k8s_gpu_tags
 
 LOAD_CHECK = "loads_and_predicts"
 REFERENCE_ARTIFACT_DIR = "reference"
@@ -286,6 +286,7 @@ def build_candidate_model(spec: PipelineSpec) -> AssetsDefinition:
         ],
         kinds={"mlflow", "pytorch" if spec.model.kind == TORCH_KIND else "scikit-learn"},
         retry_policy=MLFLOW_RETRY_POLICY,
+        op_tags=k8s_gpu_tags() if spec.model.kind == TORCH_KIND else None,
     )
     def candidate_model(
         context: AssetExecutionContext,

@@ -16,9 +16,6 @@ if TYPE_CHECKING:
     from feast import FeatureStore
 
 
-DASK_DIVISIONS_ATTEMPTS = 3
-
-
 class FeastResource(ConfigurableResource):
     """A Feast FeatureStore built from these fields (no feature_store.yaml needed).
 
@@ -92,22 +89,8 @@ class FeastResource(ConfigurableResource):
         self.store().materialize(start_date=start, end_date=end, feature_views=feature_views)
 
     def historical_features(self, entity_df: pd.DataFrame, features: list[str]) -> pd.DataFrame:
-        """Point-in-time correct join of `features` onto entity rows (key + event_timestamp).
-
-        The file offline store sorts with dask, whose divisions step once failed here with
-        "Divisions calculation failed for non-numeric column '__event_timestamp'" and passed on
-        the same files right after; that one error is retried, a bounded number of times.
-        """
-        attempt = 1
-        while True:
-            try:
-                job = self.store().get_historical_features(entity_df=entity_df, features=features)
-                return job.to_df()
-            except NotImplementedError as exc:
-                retry = "Divisions calculation failed" in str(exc)
-                if not retry or attempt == DASK_DIVISIONS_ATTEMPTS:
-                    raise
-                attempt += 1
+        """Point-in-time correct join of `features` onto entity rows (key + event_timestamp)."""
+        return self.store().get_historical_features(entity_df=entity_df, features=features).to_df()
 
     def online_features(
         self, entity_rows: list[dict[str, Any]], features: list[str]

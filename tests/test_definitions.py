@@ -55,6 +55,8 @@ def test_graph_has_every_lifecycle_asset_and_blocking_checks():
         "candidate_model",
         "model_promotion",
         "batch_predictions",
+        "drift_report",
+        "model_performance",
     }
     checks = {(c.asset_key.to_user_string(), c.name): c for c in graph.asset_check_keys}
     assert ("validated_data", "great_expectations_suite") in checks
