@@ -299,3 +299,28 @@ def test_drift_sensor_requests_rollback_once_when_the_champion_regressed(lifecyc
         assert "v7 is worse than the version it replaced (v6)" in reason
         assert not tick(sensor, instance, defs, first.cursor).run_requests
         assert tick(sensor, instance, defs).run_requests[0].run_key == request.run_key
+
+
+def test_drift_report_follows_its_inputs_once_the_blocking_check_passed(lifecycle):
+    """Declarative automation: a newer batch_predictions of the latest day requests
+    drift_report only after validated_data's blocking GX check has passed for that day."""
+    from dagster import AssetCheckEvaluation, AssetMaterialization, evaluate_automation_conditions
+
+    defs = build_definitions(lifecycle["spec"])
+    day = (lifecycle["spec"].partitions.end - timedelta(days=1)).isoformat()
+    with instance_for_test() as instance:
+        result = evaluate_automation_conditions(defs=defs, instance=instance)
+        for key in ("validated_data", "batch_predictions"):
+            instance.report_runless_asset_event(AssetMaterialization(asset_key=key, partition=day))
+        result = evaluate_automation_conditions(defs=defs, instance=instance, cursor=result.cursor)
+        assert result.get_requested_partitions(AssetKey("drift_report")) == set()
+        instance.report_runless_asset_event(
+            AssetCheckEvaluation(
+                asset_key=AssetKey("validated_data"),
+                check_name="great_expectations_suite",
+                passed=True,
+                partition=day,
+            )
+        )
+        result = evaluate_automation_conditions(defs=defs, instance=instance, cursor=result.cursor)
+        assert result.get_requested_partitions(AssetKey("drift_report")) == {day}
