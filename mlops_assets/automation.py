@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from dagster import (
@@ -60,8 +61,6 @@ def file_days(spec: PipelineSpec, path: str) -> set[date]:
             return {date.fromisoformat(stem)}
         except ValueError:
             return set()
-    from pathlib import Path
-
     import pandas as pd
 
     stamps = pd.to_datetime(

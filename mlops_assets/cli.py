@@ -22,7 +22,7 @@ from mlops_assets.governance import reproduce_command, retire_command
 from mlops_assets.pipeline import INGEST_JOB, LIFECYCLE_JOB, build_definitions
 from mlops_assets.promotion import ROLLBACK_JOB
 from mlops_assets.spec import PipelineSpec, SpecError, load_spec
-from mlops_assets.story import run_story, story_days
+from mlops_assets.story import champion_now, run_story, story_days
 from mlops_resources.storage import dagster_home, mlops_home
 
 DAGSTER_YAML = """\
@@ -187,7 +187,7 @@ def run_demo(
         "runs": runs,
         "days": story,
         "runs_failed": sum(not r["success"] for r in [*runs, *story_runs]),
-        "champion_version": defs.resources["mlflow"].champion(spec.model_name),
+        "champion_version": champion_now(defs, spec),
     }
 
 

@@ -22,7 +22,7 @@ from dagster import (
 from mlops_assets.data import daily_partitions
 from mlops_assets.markdown import markdown_table
 from mlops_assets.promotion import REPLACED_TAG
-from mlops_assets.spec import METRICS_BY_TASK, PREDICTION_COLUMN, PipelineSpec
+from mlops_assets.spec import METRICS_BY_TASK, PREDICTION_COLUMN, PipelineSpec, metric_gain
 from mlops_assets.training import (
     REFERENCE_ARTIFACT_DIR,
     REFERENCE_FILE,
@@ -194,8 +194,7 @@ def column_table(columns: list[Any]) -> str:
 
 def worsening(spec: PipelineSpec, metric: str, reference: float, value: float) -> float:
     """How much worse `value` is than `reference` in the metric's bad direction (NaN-safe)."""
-    sign = 1.0 if METRICS_BY_TASK[spec.task][metric] else -1.0
-    delta = sign * (reference - value)
+    delta = -metric_gain(METRICS_BY_TASK[spec.task][metric], value, reference)
     return delta if not math.isnan(delta) else math.inf
 
 

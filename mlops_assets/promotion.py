@@ -26,7 +26,7 @@ from mlops_assets.data import daily_partitions
 from mlops_assets.governance import gate_rules, publish_model_card, record_audit
 from mlops_assets.inference import SHADOW_TAG
 from mlops_assets.markdown import markdown_table
-from mlops_assets.spec import METRICS_BY_TASK, GateSpec, PipelineSpec
+from mlops_assets.spec import METRICS_BY_TASK, GateSpec, PipelineSpec, metric_gain
 from mlops_assets.training import evaluate, load_model_version, split
 from mlops_resources.mlflow_tracking import (
     CHALLENGER_ALIAS,
@@ -88,8 +88,7 @@ def decide(
     if champion is not None:
         for metric, change in gate.change_thresholds.items():
             value, base = candidate.get(metric, math.nan), champion.get(metric, math.nan)
-            sign = 1.0 if higher_is_better[metric] else -1.0
-            gain = sign * (value - base)
+            gain = metric_gain(higher_is_better[metric], value, base)
             required = max(
                 change.min_absolute_change if change.min_absolute_change is not None else -math.inf,
                 change.min_relative_change * abs(base)

@@ -60,6 +60,11 @@ def impossible_threshold(gate: GateSpec) -> str | None:
     return None
 
 
+def metric_gain(higher_is_better: bool, value: float, baseline: float) -> float:
+    """How much better `value` is than `baseline` in the metric's better direction."""
+    return value - baseline if higher_is_better else baseline - value
+
+
 class SpecError(ValueError):
     """A pipeline spec that cannot be used; the message names the file and the offending key."""
 

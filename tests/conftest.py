@@ -1,5 +1,8 @@
 """Shared fixtures: every test state lives in a temporary MLOPS_HOME (Dagster, MLflow, Feast)."""
 
+import contextlib
+import io
+import json
 import os
 from collections.abc import Iterator
 from datetime import timedelta
@@ -25,6 +28,16 @@ TEST_START = DRIFT_START - timedelta(
 TEST_EXTRA_DAYS = 2  # data written after the story, for tests that need an unused partition
 
 
+def run_cli(*args: str) -> tuple[int, str]:
+    """`python -m mlops_assets <args>` in process: its exit code and what it printed on stdout."""
+    from mlops_assets.cli import main
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = main(list(args))
+    return code, out.getvalue()
+
+
 def write_spec(path: Path, **overrides: object) -> Path:
     """The demo spec with `overrides` merged in (nested dicts replace whole sections)."""
     spec = yaml.safe_load(DEMO_SPEC_PATH.read_text())
@@ -46,7 +59,6 @@ def lifecycle(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     """The demo story run once through the CLI on small demo data: warm-up ingest days,
     TEST_TRAIN_DAYS days of training, gating and scoring, then TEST_MONITOR_DAYS days driven by
     the sensors, through the demo's drift day. Tests read the state it leaves."""
-    from mlops_assets.cli import main
     from mlops_assets.spec import load_spec
 
     root = tmp_path_factory.mktemp("lifecycle")
@@ -66,28 +78,20 @@ def lifecycle(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
         model={**demo["model"], "training_window_days": TEST_WINDOW_DAYS, "holdout_days": 2},
         monitoring=monitoring,
     )
+    code, stdout = run_cli(
+        "demo",
+        "--json",
+        "--config",
+        str(spec_path),
+        "--train-days",
+        str(TEST_TRAIN_DAYS),
+        "--start",
+        TEST_START.isoformat(),
+        "--monitor-days",
+        str(TEST_MONITOR_DAYS),
+    )
     summary_path = root / "summary.json"
-    import contextlib
-    import io
-    import json
-
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        code = main(
-            [
-                "demo",
-                "--json",
-                "--config",
-                str(spec_path),
-                "--train-days",
-                str(TEST_TRAIN_DAYS),
-                "--start",
-                TEST_START.isoformat(),
-                "--monitor-days",
-                str(TEST_MONITOR_DAYS),
-            ]
-        )
-    summary_path.write_text(out.getvalue())
+    summary_path.write_text(stdout)
     try:
         yield {
             "root": root,
@@ -95,8 +99,8 @@ def lifecycle(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
             "spec_path": spec_path,
             "spec": load_spec(spec_path),
             "exit_code": code,
-            "stdout": out.getvalue(),
-            "summary": json.loads(out.getvalue()),
+            "stdout": stdout,
+            "summary": json.loads(stdout),
             "first_day": TEST_START,
             "extra_days": [
                 TEST_START + timedelta(days=days - TEST_EXTRA_DAYS + i)

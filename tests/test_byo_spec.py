@@ -1,15 +1,13 @@
 """Bring your own dataset: a small CSV and a spec written by the test run end to end."""
 
-import contextlib
-import io
 import json
 
 import numpy as np
 import pandas as pd
 import yaml
 
-from mlops_assets.cli import main
 from mlops_resources.mlflow_tracking import MLflowResource
+from tests.conftest import run_cli
 
 
 def write_house_prices(path, days: int = 5, rows: int = 80) -> None:
@@ -61,24 +59,13 @@ def test_own_csv_and_spec_run_end_to_end(home, tmp_path):
     spec_path = tmp_path / "houses.yaml"
     spec_path.write_text(yaml.safe_dump(spec))
 
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        # --monitor-days 0: the sensor-driven day fails here inside Feast's dask join (see
-        # docs/continuous-training.md, known issue); the demo's story is tested in
-        # tests/test_closed_loop.py.
-        code = main(
-            [
-                "demo",
-                "--json",
-                "--config",
-                str(spec_path),
-                "--train-days",
-                "2",
-                "--monitor-days",
-                "0",
-            ]
-        )
-    summary = json.loads(out.getvalue())
+    # --monitor-days 0: the sensor-driven day fails here inside Feast's dask join (see
+    # docs/continuous-training.md, known issue); the demo's story is tested in
+    # tests/test_closed_loop.py.
+    code, stdout = run_cli(
+        "demo", "--json", "--config", str(spec_path), "--train-days", "2", "--monitor-days", "0"
+    )
+    summary = json.loads(stdout)
 
     assert code == 0, summary
     assert [r["job"] for r in summary["runs"]] == ["ingest", "ingest", "lifecycle", "lifecycle"]

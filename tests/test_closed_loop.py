@@ -2,8 +2,6 @@
 Dagster's sensor API), retraining once per trigger, the schedule, concept drift, rollback and
 shadow scoring. Tests that move the champion put it back before they end."""
 
-import contextlib
-import io
 import json
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -29,13 +27,18 @@ from mlops_assets.automation import (
     NIGHTLY_SCHEDULE,
     RETRAIN_JOB,
 )
-from mlops_assets.cli import main
 from mlops_assets.demo_data import DRIFT_START, generate_day, write_demo_data
 from mlops_assets.pipeline import build_definitions
 from mlops_assets.spec import load_spec
 from mlops_assets.story import SensorTicker, already_launched
 from mlops_resources.mlflow_tracking import CHALLENGER_ALIAS, MLflowResource
-from tests.conftest import TEST_MONITOR_DAYS, TEST_ROWS_PER_DAY, TEST_STATIONARY_DAYS, write_spec
+from tests.conftest import (
+    TEST_MONITOR_DAYS,
+    TEST_ROWS_PER_DAY,
+    TEST_STATIONARY_DAYS,
+    run_cli,
+    write_spec,
+)
 
 
 def metadata(instance: DagsterInstance, asset: str, partition: str) -> dict:
@@ -194,12 +197,6 @@ def test_concept_drift_is_caught_by_performance_not_by_data_drift(lifecycle):
     assert performance["live_roc_auc"] < 0.5
 
 
-def cli(*args: str) -> int:
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        return main(list(args))
-
-
 def permissive_spec(lifecycle: dict, path: Path, shadow_days: int) -> Path:
     """The session's spec with a gate that blesses any reasonable candidate."""
     raw = yaml.safe_load(lifecycle["spec_path"].read_text())
@@ -222,7 +219,7 @@ def test_rollback_restores_previous_champion_and_predictions_use_it(lifecycle, t
     assert mlflow.version_tags(name, champion)["mlops.replaced_version"] == previous
     config = str(lifecycle["spec_path"])
     try:
-        assert cli("rollback", "--config", config, "--reason", "worse on labelled data") == 0
+        assert run_cli("rollback", "--config", config, "--reason", "worse on labelled data")[0] == 0
         assert mlflow.champion(name) == previous
         tags = mlflow.version_tags(name, champion)
         assert tags["mlops.rolled_back_reason"] == "worse on labelled data"
@@ -233,7 +230,9 @@ def test_rollback_restores_previous_champion_and_predictions_use_it(lifecycle, t
         assert metadata(DagsterInstance.get(), "batch_predictions", day)["champion_version"] == (
             previous
         )
-        assert cli("rollback", "--config", config, "--reason", "x", "--to-version", "999") == 1
+        assert (
+            run_cli("rollback", "--config", config, "--reason", "x", "--to-version", "999")[0] == 1
+        )
     finally:
         mlflow.set_alias(name, "champion", previous)
 
