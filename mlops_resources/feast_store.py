@@ -16,6 +16,10 @@ if TYPE_CHECKING:
     from feast import FeatureStore
 
 
+class MissingFeatureRows(ValueError):
+    """Entity rows whose keys have no feature rows at all in a feature view's offline source."""
+
+
 class FeastResource(ConfigurableResource):
     """A Feast FeatureStore built from these fields (no feature_store.yaml needed).
 
@@ -89,8 +93,44 @@ class FeastResource(ConfigurableResource):
         self.store().materialize(start_date=start, end_date=end, feature_views=feature_views)
 
     def historical_features(self, entity_df: pd.DataFrame, features: list[str]) -> pd.DataFrame:
-        """Point-in-time correct join of `features` onto entity rows (key + event_timestamp)."""
-        return self.store().get_historical_features(entity_df=entity_df, features=features).to_df()
+        """Point-in-time correct join of `features` onto entity rows (key + event_timestamp).
+
+        Every entity key needs feature rows in the offline store. Once a source holds several
+        files, Feast's file offline store (dask) fails to sort a join in which some key has
+        none; that raises MissingFeatureRows naming the source, the key column and the keys.
+        """
+        job = self.store().get_historical_features(entity_df=entity_df, features=features)
+        try:
+            return job.to_df()
+        except NotImplementedError as exc:  # dask: "Divisions calculation failed ..."
+            missing = self.missing_feature_rows(entity_df, features)
+            if missing is None:
+                raise
+            raise missing from exc
+
+    def missing_feature_rows(
+        self, entity_df: pd.DataFrame, features: list[str]
+    ) -> MissingFeatureRows | None:
+        """The error for the first feature view whose offline source lacks some entity keys."""
+        import pandas as pd
+
+        store = self.store()
+        for view_name in dict.fromkeys(ref.split(":")[0] for ref in features):
+            view = store.get_feature_view(view_name)
+            keys = [column.name for column in view.entity_columns]
+            path = view.batch_source.path
+            known = pd.MultiIndex.from_frame(pd.read_parquet(path, columns=keys).astype(str))
+            wanted = entity_df[keys].astype(str)
+            absent = wanted[~pd.MultiIndex.from_frame(wanted).isin(known)]
+            if len(absent):
+                examples = absent.drop_duplicates().head(3).to_dict("records")
+                return MissingFeatureRows(
+                    f"Feast offline source {path}: {len(absent)} of {len(entity_df)} entity rows "
+                    f"have no feature rows for key column(s) {keys} (e.g. {examples}). Rule: "
+                    f"every entity needs feature rows before a point-in-time join; write the "
+                    f"features of their days first (the `features` asset)."
+                )
+        return None
 
     def online_features(
         self, entity_rows: list[dict[str, Any]], features: list[str]

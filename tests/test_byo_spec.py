@@ -1,16 +1,23 @@
 """Bring your own dataset: a small CSV and a spec written by the test run end to end."""
 
 import json
+from datetime import date
 
 import numpy as np
 import pandas as pd
+import pytest
 import yaml
+from dagster import AssetKey
 
+from mlops_assets.features import feast_definitions, feature_refs, write_offline_partition
+from mlops_assets.pipeline import build_definitions
+from mlops_assets.spec import load_spec
+from mlops_resources.feast_store import FeastResource, MissingFeatureRows
 from mlops_resources.mlflow_tracking import MLflowResource
 from tests.conftest import run_cli
 
 
-def write_house_prices(path, days: int = 5, rows: int = 80) -> None:
+def write_house_prices(path, days: int = 6, rows: int = 80) -> None:
     rng = np.random.default_rng(3)
     frames = []
     for day in range(days):
@@ -38,7 +45,8 @@ def write_house_prices(path, days: int = 5, rows: int = 80) -> None:
     pd.concat(frames).to_csv(path, index=False)
 
 
-def test_own_csv_and_spec_run_end_to_end(home, tmp_path):
+def write_house_spec(tmp_path):
+    """houses.csv (six days from 2025-03-01) and houses.yaml, a regression spec reading it."""
     write_house_prices(tmp_path / "houses.csv")
     spec = {
         "name": "house_prices",
@@ -47,7 +55,7 @@ def test_own_csv_and_spec_run_end_to_end(home, tmp_path):
         "timestamp": "listed_at",
         "label": "price",
         "task": "regression",
-        "partitions": {"start": "2025-03-01", "end": "2025-03-06"},
+        "partitions": {"start": "2025-03-01", "end": "2025-03-07"},
         "features": [
             {"name": "size_m2", "type": "numeric", "min": 10, "max": 1000},
             {"name": "rooms", "type": "numeric", "min": 1},
@@ -58,12 +66,47 @@ def test_own_csv_and_spec_run_end_to_end(home, tmp_path):
     }
     spec_path = tmp_path / "houses.yaml"
     spec_path.write_text(yaml.safe_dump(spec))
+    return spec_path
 
-    # --monitor-days 0: the sensor-driven day fails here inside Feast's dask join (see
-    # docs/continuous-training.md, known issue); the demo's story is tested in
-    # tests/test_closed_loop.py.
+
+def house_day(tmp_path, day: date) -> pd.DataFrame:
+    """One day of houses.csv typed as validated_data types it (string keys, UTC times)."""
+    df = pd.read_csv(tmp_path / "houses.csv", dtype={"house": str})
+    df["listed_at"] = pd.to_datetime(df["listed_at"], utc=True)
+    df[["size_m2", "rooms"]] = df[["size_m2", "rooms"]].astype(float)
+    return df[df["listed_at"].dt.date == day].reset_index(drop=True)
+
+
+def test_daily_job_writes_features_before_scoring(home, tmp_path):
+    defs = build_definitions(load_spec(write_house_spec(tmp_path)))
+    graph = defs.resolve_job_def("daily").asset_layer.asset_graph
+    assert AssetKey("features") in graph.get(AssetKey("batch_predictions")).parent_keys
+
+
+def test_join_without_feature_rows_names_source_and_keys(home, tmp_path):
+    """Feast's dask join fails on keys without feature rows once the source has several
+    files; FeastResource turns that into an error naming the source, key column and keys."""
+    spec = load_spec(write_house_spec(tmp_path))
+    feast = FeastResource()
+    for day in (date(2025, 3, 1), date(2025, 3, 2)):
+        write_offline_partition(spec, feast, day, house_day(tmp_path, day))
+    feast.apply(feast_definitions(spec, feast))
+    third = house_day(tmp_path, date(2025, 3, 3))
+
+    with pytest.raises(MissingFeatureRows, match=r"80 of 80 entity rows .*\['house'\].*'2000'"):
+        feast.historical_features(third[["house", "listed_at"]], feature_refs(spec))
+
+    write_offline_partition(spec, feast, date(2025, 3, 3), third)
+    joined = feast.historical_features(third[["house", "listed_at"]], feature_refs(spec))
+    expected = third.set_index("house").loc[joined["house"], "size_m2"].to_numpy()
+    assert np.array_equal(joined["size_m2"].to_numpy(), expected)
+
+
+def test_own_csv_and_spec_run_end_to_end(home, tmp_path):
+    spec_path = write_house_spec(tmp_path)
+    # Warm-up: 2 ingest and 2 lifecycle days (03-01..03-04); the sensors then drive 03-05, 03-06.
     code, stdout = run_cli(
-        "demo", "--json", "--config", str(spec_path), "--train-days", "2", "--monitor-days", "0"
+        "demo", "--json", "--config", str(spec_path), "--train-days", "2", "--monitor-days", "2"
     )
     summary = json.loads(stdout)
 
@@ -76,3 +119,17 @@ def test_own_csv_and_spec_run_end_to_end(home, tmp_path):
     assert trained["batch_predictions_rows"] == 80
     assert MLflowResource().champion("house_prices_model") == summary["champion_version"]
     assert (home / "feast" / "offline" / "house_prices" / "2025-03-04.parquet").is_file()
+
+    # Each monitored day's houses are new keys: `daily` writes the day's features to Feast
+    # before batch_predictions joins them, and the champion scores them on those features.
+    houses = pd.read_csv(tmp_path / "houses.csv", dtype={"house": str}).set_index("house")
+    assert [d["day"] for d in summary["days"]] == ["2025-03-05", "2025-03-06"]
+    for day in summary["days"]:
+        (daily,) = [r for r in day["runs"] if r["job"] == "daily"]
+        assert daily["success"] and daily["partition"] == day["day"], daily
+        assert daily["batch_predictions_rows"] == 80
+        stored = pd.read_pickle(home / "storage" / "batch_predictions" / day["day"])
+        assert set(stored["model_version"]) == {daily["drift"]["model_version"]}
+        price = houses.loc[stored["house"], "price"].to_numpy()
+        residual = ((price - stored["prediction"].to_numpy()) ** 2).sum()
+        assert 1 - residual / ((price - price.mean()) ** 2).sum() > 0.5  # r2 on the day's labels
