@@ -3,10 +3,9 @@
 import glob
 import hashlib
 import os
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
-import pandas as pd
 from dagster import (
     AssetExecutionContext,
     AssetsDefinition,
@@ -20,6 +19,7 @@ from dagster import (
     asset,
 )
 
+from mlops_assets.frames import Frame
 from mlops_assets.spec import PipelineSpec
 from mlops_resources.storage import mlops_home
 
@@ -49,18 +49,20 @@ def partition_day(partition_key: str) -> date:
 
 def day_bounds(day: date) -> tuple[datetime, datetime]:
     """[start, end) of a UTC day as aware datetimes."""
-    start = pd.Timestamp(day, tz="UTC").to_pydatetime()
+    start = datetime(day.year, day.month, day.day, tzinfo=UTC)
     return start, start + timedelta(days=1)
 
 
-def content_hash(df: pd.DataFrame) -> str:
+def content_hash(df: Frame) -> str:
     """A stable hash of a DataFrame's values and column names (the DataVersion)."""
+    import pandas as pd
+
     digest = hashlib.sha256(",".join(map(str, df.columns)).encode())
     digest.update(pd.util.hash_pandas_object(df, index=False).to_numpy().tobytes())
     return digest.hexdigest()[:16]
 
 
-def table_schema(df: pd.DataFrame) -> TableSchema:
+def table_schema(df: Frame) -> TableSchema:
     return TableSchema(
         columns=[TableColumn(name=str(c), type=str(t)) for c, t in df.dtypes.items()]
     )
@@ -90,8 +92,10 @@ def source_files(spec: PipelineSpec, day: date) -> list[Path]:
     return files
 
 
-def read_file(spec: PipelineSpec, path: Path) -> pd.DataFrame:
+def read_file(spec: PipelineSpec, path: Path) -> Frame:
     """Read one CSV or Parquet file; any failure names the file and the reason."""
+    import pandas as pd
+
     fmt = spec.source.format or path.suffix.lstrip(".").lower()
     try:
         if fmt == "parquet":
@@ -105,8 +109,10 @@ def read_file(spec: PipelineSpec, path: Path) -> pd.DataFrame:
     raise SourceError(f"{path}: unsupported format '{fmt}' (use csv or parquet)")
 
 
-def read_partition(spec: PipelineSpec, day: date) -> tuple[pd.DataFrame, list[Path]]:
+def read_partition(spec: PipelineSpec, day: date) -> tuple[Frame, list[Path]]:
     """All source rows for a day. Without `{date}` in the path, rows are kept by timestamp."""
+    import pandas as pd
+
     files = source_files(spec, day)
     frames = [read_file(spec, f) for f in files]
     df = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
@@ -127,7 +133,7 @@ def build_raw_data(spec: PipelineSpec) -> AssetsDefinition:
         description=f"Rows of {spec.name} read from {spec.source.path}, one UTC day a partition.",
         kinds={"pandas", "parquet" if spec.source.path.endswith("parquet") else "csv"},
     )
-    def raw_data(context: AssetExecutionContext) -> Output[pd.DataFrame]:
+    def raw_data(context: AssetExecutionContext) -> Output[Frame]:
         day = partition_day(context.partition_key)
         try:
             df, files = read_partition(spec, day)

@@ -4,7 +4,6 @@ point-in-time correct training_set."""
 from datetime import timedelta
 from typing import Any
 
-import pandas as pd
 from dagster import (
     AssetDep,
     AssetExecutionContext,
@@ -24,6 +23,7 @@ from mlops_assets.data import (
     partition_day,
     table_schema,
 )
+from mlops_assets.frames import Frame
 from mlops_assets.spec import PipelineSpec
 from mlops_resources.feast_store import FeastResource
 
@@ -69,7 +69,7 @@ def offline_folder(spec: PipelineSpec, feast: FeastResource):
     return feast.offline_data_dir / spec.name
 
 
-def write_offline_partition(spec: PipelineSpec, feast: FeastResource, day, df: pd.DataFrame):
+def write_offline_partition(spec: PipelineSpec, feast: FeastResource, day, df: Frame):
     """Write one day's feature rows (with the label) atomically; re-runs replace the day."""
     folder = offline_folder(spec, feast)
     folder.mkdir(parents=True, exist_ok=True)
@@ -91,7 +91,7 @@ def build_features(spec: PipelineSpec) -> AssetsDefinition:
         kinds={"feast"},
     )
     def features(
-        context: AssetExecutionContext, feast: FeastResource, validated_data: pd.DataFrame
+        context: AssetExecutionContext, feast: FeastResource, validated_data: Frame
     ) -> Output[None]:
         day = partition_day(context.partition_key)
         path = write_offline_partition(spec, feast, day, validated_data)
@@ -138,7 +138,7 @@ def build_training_set(spec: PipelineSpec) -> AssetsDefinition:
         f"point-in-time from Feast; the last {spec.model.holdout_days} days are the holdout.",
         kinds={"feast", "pandas"},
     )
-    def training_set(context: AssetExecutionContext, feast: FeastResource) -> Output[pd.DataFrame]:
+    def training_set(context: AssetExecutionContext, feast: FeastResource) -> Output[Frame]:
         folder = offline_folder(spec, feast)
         days = window_days(spec, context.partition_key)
         present = [d for d in days if (folder / f"{d.isoformat()}.parquet").exists()]
@@ -153,6 +153,8 @@ def build_training_set(spec: PipelineSpec) -> AssetsDefinition:
                 f"{[d.isoformat() for d in present]}. "
                 "Materialize `features` for earlier days first."
             )
+        import pandas as pd
+
         labels = pd.concat(
             [
                 pd.read_parquet(

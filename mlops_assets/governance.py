@@ -17,10 +17,8 @@ import tempfile
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import pandas as pd
 from dagster import (
     AssetKey,
     AssetRecordsFilter,
@@ -37,8 +35,13 @@ from dagster import (
 
 from mlops_assets.data import content_hash
 from mlops_assets.features import SPLIT_COLUMN
+from mlops_assets.frames import Frame
 from mlops_assets.spec import METRICS_BY_TASK, PipelineSpec, SliceSpec, Task
 from mlops_resources.mlflow_tracking import MLflowResource
+
+if TYPE_CHECKING:
+    import numpy as np
+    import pandas as pd
 
 ARTIFACT_DIR = "governance"
 CARD_FILE = "model_card.md"
@@ -169,7 +172,7 @@ def upstream_data_versions(context: Any, asset: str, partitions: list[str]) -> d
     return dict(sorted(versions.items()))
 
 
-def lineage(context: Any, spec: PipelineSpec, training_set: pd.DataFrame) -> dict[str, Any]:
+def lineage(context: Any, spec: PipelineSpec, training_set: Frame) -> dict[str, Any]:
     """What a model version was built from: data versions, code versions, spec, commit, run."""
     from mlops_assets.features import window_days
 
@@ -193,8 +196,10 @@ def lineage(context: Any, spec: PipelineSpec, training_set: pd.DataFrame) -> dic
 # --- evaluation by slice ----------------------------------------------------------------------
 
 
-def slice_labels(frame: pd.DataFrame, item: SliceSpec) -> pd.Series:
+def slice_labels(frame: Frame, item: SliceSpec) -> "pd.Series":
     """Group label of each row: the category, or the `[low, high)` bin of a numeric column."""
+    import pandas as pd
+
     values = frame[item.column]
     if item.bins is None:
         return values.astype(str)
@@ -202,7 +207,7 @@ def slice_labels(frame: pd.DataFrame, item: SliceSpec) -> pd.Series:
     return binned.astype(str).where(binned.notna(), "out of bins")
 
 
-def slice_groups(spec: PipelineSpec, holdout: pd.DataFrame) -> Iterator[tuple[str, str, pd.Index]]:
+def slice_groups(spec: PipelineSpec, holdout: Frame) -> "Iterator[tuple[str, str, pd.Index]]":
     """(slice column, value, row index) for every configured slice and, if on, every day."""
     labelled = [(item.column, slice_labels(holdout, item)) for item in spec.governance.slices]
     if spec.governance.slice_by_day:
@@ -212,7 +217,7 @@ def slice_groups(spec: PipelineSpec, holdout: pd.DataFrame) -> Iterator[tuple[st
             yield column, str(value), index
 
 
-def slice_metrics(spec: PipelineSpec, model: Any, holdout: pd.DataFrame) -> list[dict[str, Any]]:
+def slice_metrics(spec: PipelineSpec, model: Any, holdout: Frame) -> list[dict[str, Any]]:
     """The task's metrics on each slice of the holdout (NaN where a metric is undefined); the
     model scores the holdout once. `holdout` has a default RangeIndex."""
     from mlops_assets.training import model_output, output_metrics
@@ -265,7 +270,7 @@ def slice_rules(
 # --- fairness ---------------------------------------------------------------------------------
 
 
-def favorable_class(spec: PipelineSpec, classes: np.ndarray) -> str:
+def favorable_class(spec: PipelineSpec, classes: "np.ndarray") -> str:
     from mlops_assets.training import positive_class
 
     fairness = spec.governance.fairness
@@ -274,7 +279,7 @@ def favorable_class(spec: PipelineSpec, classes: np.ndarray) -> str:
 
 
 def fairness_report(
-    spec: PipelineSpec, holdout: pd.DataFrame, predicted: pd.Series, favorable: str
+    spec: PipelineSpec, holdout: Frame, predicted: "pd.Series", favorable: str
 ) -> dict[str, Any] | None:
     """Selection rate and true-positive rate of the favorable outcome per group of the sensitive
     attribute; demographic parity difference, equal opportunity difference and disparate impact
@@ -351,9 +356,11 @@ def fairness_rules(spec: PipelineSpec, report: dict[str, Any] | None) -> list[di
 # --- calibration ------------------------------------------------------------------------------
 
 
-def calibration_report(truth: np.ndarray, score: np.ndarray, bins: int) -> dict[str, Any]:
+def calibration_report(truth: "np.ndarray", score: "np.ndarray", bins: int) -> dict[str, Any]:
     """Reliability curve on equal-width bins, expected calibration error and Brier score for
     the positive-class score (`truth` is 0/1)."""
+    import numpy as np
+
     edges = np.linspace(0.0, 1.0, bins + 1)
     index = np.clip(np.digitize(score, edges[1:-1]), 0, bins - 1)
     curve, ece = [], 0.0
@@ -381,8 +388,10 @@ def calibration_report(truth: np.ndarray, score: np.ndarray, bins: int) -> dict[
 # --- the report logged with each candidate ----------------------------------------------------
 
 
-def governance_report(spec: PipelineSpec, model: Any, training_set: pd.DataFrame) -> dict[str, Any]:
+def governance_report(spec: PipelineSpec, model: Any, training_set: Frame) -> dict[str, Any]:
     """Slices, fairness and calibration of a model on the training set's holdout."""
+    import numpy as np
+
     from mlops_assets.inference import score
 
     holdout = training_set[training_set[SPLIT_COLUMN] == "holdout"].reset_index(drop=True)
@@ -419,7 +428,7 @@ def governance_metrics(report: dict[str, Any]) -> dict[str, float]:
 
 
 def log_governance(
-    context: Any, spec: PipelineSpec, model: Any, training_set: pd.DataFrame
+    context: Any, spec: PipelineSpec, model: Any, training_set: Frame
 ) -> dict[str, Any]:
     """Compute the governance report and log it to the active MLflow run with the inputs that
     reproduce the model (spec, training set) and the plots. Returns the report."""
@@ -663,7 +672,7 @@ def gate_rules(
     spec: PipelineSpec,
     candidate: dict[str, Any],
     champion_model: Any | None,
-    training_set: pd.DataFrame,
+    training_set: Frame,
 ) -> list[dict[str, Any]]:
     """Fairness rules for the candidate and, with a champion, the slice-regression rules
     (champion scored on the same holdout slices)."""
@@ -816,6 +825,7 @@ def reproduce_version(
 ) -> dict[str, Any]:
     """Retrain a version from its recorded inputs (the logged spec and training set, checked
     against the recorded data version) with the recorded seed, and compare holdout metrics."""
+    import pandas as pd
     from mlflow.exceptions import MlflowException
 
     from mlops_assets import training

@@ -1,12 +1,11 @@
 """Inference stage: batch_predictions scores a partition with the champion, features read
 through Feast."""
 
-import numpy as np
-import pandas as pd
 from dagster import AssetExecutionContext, AssetsDefinition, MetadataValue, Output, asset
 
 from mlops_assets.data import daily_partitions
 from mlops_assets.features import feature_refs
+from mlops_assets.frames import Frame
 from mlops_assets.spec import PipelineSpec
 from mlops_assets.training import load_model_version, positive_class
 from mlops_resources.feast_store import FeastResource
@@ -15,8 +14,11 @@ from mlops_resources.mlflow_tracking import CHALLENGER_ALIAS, MLflowResource
 SHADOW_TAG = "mlops.shadow_partitions"
 
 
-def score(model: object, X: pd.DataFrame, spec: PipelineSpec) -> pd.DataFrame:
+def score(model: object, X: Frame, spec: PipelineSpec) -> Frame:
     """Predictions (and for binary tasks the positive-class score) for feature rows."""
+    import numpy as np
+    import pandas as pd
+
     if not spec.is_classification:
         return pd.DataFrame({"prediction": np.asarray(model.predict(X), dtype=float)})
     proba = model.predict_proba(X)
@@ -27,7 +29,7 @@ def score(model: object, X: pd.DataFrame, spec: PipelineSpec) -> pd.DataFrame:
     return out
 
 
-def prediction_summary(predictions: pd.DataFrame, spec: PipelineSpec) -> dict[str, object]:
+def prediction_summary(predictions: Frame, spec: PipelineSpec) -> dict[str, object]:
     if spec.is_classification:
         counts = predictions["prediction"].value_counts().sort_index()
         summary: dict[str, object] = {"class_counts": {str(k): int(v) for k, v in counts.items()}}
@@ -39,9 +41,7 @@ def prediction_summary(predictions: pd.DataFrame, spec: PipelineSpec) -> dict[st
     return {str(k): round(float(v), 4) for k, v in predictions["prediction"].describe().items()}
 
 
-def shadow_comparison(
-    champion: pd.DataFrame, challenger: pd.DataFrame, spec: PipelineSpec
-) -> dict[str, float]:
+def shadow_comparison(champion: Frame, challenger: Frame, spec: PipelineSpec) -> dict[str, float]:
     """How closely the challenger's output follows the champion's on the same rows."""
     if spec.is_classification:
         result = {"agreement": float((champion["prediction"] == challenger["prediction"]).mean())}
@@ -61,9 +61,9 @@ def shadow_score(
     context: AssetExecutionContext,
     mlflow: MLflowResource,
     spec: PipelineSpec,
-    X: pd.DataFrame,
-    champion_output: pd.DataFrame,
-) -> tuple[pd.DataFrame | None, dict[str, object]]:
+    X: Frame,
+    champion_output: Frame,
+) -> "tuple[Frame | None, dict[str, object]]":
     """Score the challenger (if any) beside the champion and record the partition on it."""
     name = spec.model_name
     challenger = mlflow.alias_version(name, CHALLENGER_ALIAS)
@@ -87,7 +87,7 @@ def build_batch_predictions(spec: PipelineSpec) -> AssetsDefinition:
         name="batch_predictions",
         partitions_def=daily_partitions(spec),
         group_name="inference",
-        deps=["model_promotion"],
+        deps=["model_promotion", "features"],
         output_required=False,
         description="The partition's rows scored by the current champion (loaded from the "
         "registry by alias), with features read through Feast; a challenger, while one exists, "
@@ -98,7 +98,7 @@ def build_batch_predictions(spec: PipelineSpec) -> AssetsDefinition:
         context: AssetExecutionContext,
         mlflow: MLflowResource,
         feast: FeastResource,
-        validated_data: pd.DataFrame,
+        validated_data: Frame,
     ):
         champion = mlflow.champion(spec.model_name)
         if champion is None:
@@ -111,6 +111,8 @@ def build_batch_predictions(spec: PipelineSpec) -> AssetsDefinition:
         model = load_model_version(spec.model_name, champion)
         X = rows[spec.feature_names]
         output = score(model, X, spec)
+        import pandas as pd
+
         predictions = pd.concat(
             [rows[[spec.entity_key, spec.timestamp]].reset_index(drop=True), output], axis=1
         )

@@ -5,7 +5,6 @@ import math
 import tempfile
 from typing import Any
 
-import pandas as pd
 from dagster import (
     AssetCheckResult,
     AssetCheckSeverity,
@@ -20,6 +19,7 @@ from dagster import (
 )
 
 from mlops_assets.data import daily_partitions
+from mlops_assets.frames import Frame
 from mlops_assets.markdown import markdown_table
 from mlops_assets.promotion import REPLACED_TAG
 from mlops_assets.spec import METRICS_BY_TASK, PREDICTION_COLUMN, PipelineSpec, metric_gain
@@ -52,8 +52,10 @@ def prediction_is_numeric(spec: PipelineSpec) -> bool:
     return spec.task.value != "multiclass_classification"
 
 
-def load_reference(mlflow: MLflowResource, spec: PipelineSpec, version: str) -> pd.DataFrame:
+def load_reference(mlflow: MLflowResource, spec: PipelineSpec, version: str) -> Frame:
     """The training sample and model output recorded with a registered version."""
+    import pandas as pd
+
     run_id = mlflow.version_run_id(spec.model_name, version)
     with tempfile.TemporaryDirectory() as folder:
         try:
@@ -68,9 +70,7 @@ def load_reference(mlflow: MLflowResource, spec: PipelineSpec, version: str) -> 
         return pd.read_parquet(path)
 
 
-def current_frame(
-    spec: PipelineSpec, validated_data: pd.DataFrame, predictions: pd.DataFrame
-) -> pd.DataFrame:
+def current_frame(spec: PipelineSpec, validated_data: Frame, predictions: Frame) -> Frame:
     """The day's features joined with the monitored model output, by entity and timestamp."""
     keys = [spec.entity_key, spec.timestamp]
     output = "score" if "score" in predictions else "prediction"
@@ -111,8 +111,8 @@ def build_drift_report(spec: PipelineSpec) -> AssetsDefinition:
         mlflow: MLflowResource,
         evidently: EvidentlyResource,
         reports: ReportStoreResource,
-        validated_data: pd.DataFrame,
-        batch_predictions: pd.DataFrame,
+        validated_data: Frame,
+        batch_predictions: Frame,
     ):
         version = str(batch_predictions["model_version"].iloc[0])
         reference = load_reference(mlflow, spec, version)
@@ -228,7 +228,7 @@ def build_model_performance(spec: PipelineSpec) -> AssetsDefinition:
         kinds={"mlflow", "scikit-learn"},
     )
     def model_performance(
-        context: AssetExecutionContext, mlflow: MLflowResource, validated_data: pd.DataFrame
+        context: AssetExecutionContext, mlflow: MLflowResource, validated_data: Frame
     ):
         name = spec.model_name
         champion = mlflow.champion(name)

@@ -5,7 +5,6 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-import pandas as pd
 from dagster import (
     AssetCheckResult,
     AssetCheckSeverity,
@@ -23,6 +22,7 @@ from dagster import (
 )
 
 from mlops_assets.data import daily_partitions
+from mlops_assets.frames import Frame
 from mlops_assets.governance import gate_rules, publish_model_card, record_audit
 from mlops_assets.inference import SHADOW_TAG
 from mlops_assets.markdown import markdown_table
@@ -201,7 +201,7 @@ def build_model_promotion(spec: PipelineSpec) -> AssetsDefinition:
         context: AssetExecutionContext,
         mlflow: MLflowResource,
         candidate_model: dict[str, Any],
-        training_set: pd.DataFrame,
+        training_set: Frame,
     ):
         name, version = candidate_model["name"], candidate_model["version"]
         X_hold, y_hold = split(training_set, spec, "holdout")

@@ -2,10 +2,8 @@
 version; a blocking check loads it back from the registry and predicts."""
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import pandas as pd
 from dagster import (
     AssetCheckResult,
     AssetCheckSpec,
@@ -18,6 +16,7 @@ from dagster import (
 
 from mlops_assets.data import daily_partitions
 from mlops_assets.features import SPLIT_COLUMN
+from mlops_assets.frames import Frame
 from mlops_assets.governance import (
     governance_metadata,
     lineage_tags,
@@ -35,8 +34,12 @@ REFERENCE_FILE = "reference.parquet"
 KIND_TAG = "mlops.model_kind"
 TORCH_KIND = "torch_mlp"
 
+if TYPE_CHECKING:
+    import numpy as np
+    import pandas as pd
 
-def positive_class(spec: PipelineSpec, classes: np.ndarray) -> Any:
+
+def positive_class(spec: PipelineSpec, classes: "np.ndarray") -> Any:
     """The positive class of a binary task: the last of the spec's classes, else the last seen."""
     if spec.classes:
         return spec.classes[-1]
@@ -94,24 +97,27 @@ def build_estimator(spec: PipelineSpec) -> Any:
     return CalibratedClassifierCV(pipeline, method=calibration.method, cv=calibration.folds)
 
 
-def evaluate(model: Any, X: pd.DataFrame, y: pd.Series, spec: PipelineSpec) -> dict[str, float]:
+def evaluate(model: Any, X: Frame, y: "pd.Series", spec: PipelineSpec) -> dict[str, float]:
     """Holdout metrics for the spec's task (the names the gate accepts)."""
     return output_metrics(*model_output(model, X, spec), y, spec)
 
 
 def model_output(
-    model: Any, X: pd.DataFrame, spec: PipelineSpec
-) -> tuple[np.ndarray, np.ndarray | None]:
+    model: Any, X: Frame, spec: PipelineSpec
+) -> "tuple[np.ndarray, np.ndarray | None]":
     """Class probabilities and the classes (classification), or predictions and None."""
+    import numpy as np
+
     if not spec.is_classification:
         return np.asarray(model.predict(X), dtype=float), None
     return model.predict_proba(X), np.asarray(model.classes_)
 
 
 def output_metrics(
-    output: np.ndarray, classes: np.ndarray | None, y: pd.Series, spec: PipelineSpec
+    output: "np.ndarray", classes: "np.ndarray | None", y: "pd.Series", spec: PipelineSpec
 ) -> dict[str, float]:
     """The task's metrics from a model's output (see model_output), e.g. for rows of a slice."""
+    import numpy as np
     from sklearn import metrics as m
 
     if classes is None:
@@ -142,9 +148,11 @@ def output_metrics(
     }
 
 
-def monitored_output(model: Any, X: pd.DataFrame, spec: PipelineSpec) -> np.ndarray:
+def monitored_output(model: Any, X: Frame, spec: PipelineSpec) -> "np.ndarray":
     """The model output whose drift is watched: the positive-class score for binary tasks,
     the predicted class for multiclass, the prediction for regression."""
+    import numpy as np
+
     if spec.task == Task.binary_classification:
         classes = np.asarray(model.classes_)
         column = list(classes).index(positive_class(spec, classes))
@@ -154,7 +162,7 @@ def monitored_output(model: Any, X: pd.DataFrame, spec: PipelineSpec) -> np.ndar
     return np.asarray(model.predict(X), dtype=float)
 
 
-def log_reference(model: Any, spec: PipelineSpec, X_train: pd.DataFrame) -> None:
+def log_reference(model: Any, spec: PipelineSpec, X_train: Frame) -> None:
     """Record the drift reference with the model: a seeded sample of its training rows and its
     output on them, as an artifact of the active MLflow run."""
     import tempfile
@@ -171,7 +179,7 @@ def log_reference(model: Any, spec: PipelineSpec, X_train: pd.DataFrame) -> None
         mlflow_api.log_artifact(str(path), artifact_path=REFERENCE_ARTIFACT_DIR)
 
 
-def split(df: pd.DataFrame, spec: PipelineSpec, part: str) -> tuple[pd.DataFrame, pd.Series]:
+def split(df: Frame, spec: PipelineSpec, part: str) -> "tuple[Frame, pd.Series]":
     rows = df[df[SPLIT_COLUMN] == part]
     return rows[spec.feature_names], rows[spec.label]
 
@@ -196,7 +204,7 @@ def load_model_version(name: str, version: str) -> Any:
 def train_model(
     spec: PipelineSpec,
     context: AssetExecutionContext,
-    training_set: pd.DataFrame,
+    training_set: Frame,
     torch_executor: TorchExecutorResource,
 ) -> Any:
     """Fit the spec's model kind; call inside an active MLflow run (torch logs per epoch)."""
@@ -223,7 +231,7 @@ def train_model(
     )
 
 
-def log_model(model: Any, spec: PipelineSpec, X_example: pd.DataFrame) -> Any:
+def log_model(model: Any, spec: PipelineSpec, X_example: Frame) -> Any:
     """Log and register the model in its flavor; returns MLflow's ModelInfo."""
     if spec.model.kind == TORCH_KIND:
         from mlops_resources.torch_executor import log_torch_model
@@ -234,7 +242,7 @@ def log_model(model: Any, spec: PipelineSpec, X_example: pd.DataFrame) -> Any:
     return log_sklearn_model(model, spec, X_example)
 
 
-def log_sklearn_model(model: Any, spec: PipelineSpec, X_example: pd.DataFrame) -> Any:
+def log_sklearn_model(model: Any, spec: PipelineSpec, X_example: Frame) -> Any:
     import mlflow.sklearn
     from mlflow.models import infer_signature
 
@@ -292,7 +300,7 @@ def build_candidate_model(spec: PipelineSpec) -> AssetsDefinition:
         context: AssetExecutionContext,
         mlflow: MLflowResource,
         torch_executor: TorchExecutorResource,
-        training_set: pd.DataFrame,
+        training_set: Frame,
     ):
         import mlflow as mlflow_api
 
@@ -343,7 +351,7 @@ def build_candidate_model(spec: PipelineSpec) -> AssetsDefinition:
         )
         reloaded = load_model_version(spec.model_name, version)
         sample = X_hold.head(20)
-        predictions = np.asarray(reloaded.predict(sample))
+        predictions = reloaded.predict(sample)
         loads = len(predictions) == len(sample)
         candidate = {
             "name": spec.model_name,

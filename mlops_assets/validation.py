@@ -1,8 +1,8 @@
 """Validation stage: validated_data, gated by a blocking Great Expectations suite."""
 
 from datetime import date, timedelta
+from typing import TYPE_CHECKING
 
-import pandas as pd
 from dagster import (
     AssetCheckResult,
     AssetCheckSeverity,
@@ -24,6 +24,7 @@ from mlops_assets.data import (
     source_files,
     table_schema,
 )
+from mlops_assets.frames import Frame
 from mlops_assets.spec import PipelineSpec
 from mlops_resources.validation import (
     ExpectationConfig,
@@ -31,20 +32,25 @@ from mlops_resources.validation import (
     ValidationOutcome,
 )
 
+if TYPE_CHECKING:
+    import pandas as pd
+
 GX_CHECK = "great_expectations_suite"
 NUMERIC_TYPES = ["float64", "float32", "int64", "int32", "int16", "int8", "Int64", "Float64"]
 
 
-def _coerce_if_clean(values: pd.Series, converted: pd.Series) -> pd.Series:
+def _coerce_if_clean(values: "pd.Series", converted: "pd.Series") -> "pd.Series":
     """Use the converted column only if conversion lost no value; else keep the original so the
     type expectation fails and shows the offending values."""
     lost = converted.isna() & values.notna()
     return values if lost.any() else converted
 
 
-def standardize(df: pd.DataFrame, spec: PipelineSpec) -> pd.DataFrame:
+def standardize(df: Frame, spec: PipelineSpec) -> Frame:
     """Apply the spec's types where values convert cleanly: UTC timestamps, float numerics,
     string keys, categoricals and class labels. Nothing is dropped or invented."""
+    import pandas as pd
+
     out = df.copy()
     if spec.timestamp in out:
         out[spec.timestamp] = _coerce_if_clean(
@@ -197,7 +203,7 @@ def build_validated_data(spec: PipelineSpec) -> AssetsDefinition:
         kinds={"pandas", "great_expectations"},
     )
     def validated_data(
-        context: AssetExecutionContext, gx: GreatExpectationsResource, raw_data: pd.DataFrame
+        context: AssetExecutionContext, gx: GreatExpectationsResource, raw_data: Frame
     ):
         day = partition_day(context.partition_key)
         for index, extra in enumerate(spec.expectations):

@@ -42,11 +42,11 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 from dagster import ConfigurableResource
 from pydantic import Field
 
 if TYPE_CHECKING:
+    import numpy as np
     import pandas as pd
     import torch
     from dagster import AssetExecutionContext
@@ -118,6 +118,7 @@ class TabularSpec:
 
     def encode_features(self, df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         """Numeric block (imputed, standardized, float32) and category indices (int64)."""
+        import numpy as np
         import pandas as pd
 
         missing = [c for c in self.features if c not in df.columns]
@@ -140,11 +141,14 @@ class TabularSpec:
 
     def encode_flat(self, df: pd.DataFrame) -> np.ndarray:
         """One float32 matrix [numeric | category indices]: the exported model's input."""
+        import numpy as np
+
         x_num, x_cat = self.encode_features(df)
         return np.concatenate([x_num, x_cat.astype(np.float32)], axis=1)
 
     def encode_target(self, series: pd.Series) -> np.ndarray:
         """Targets as the loss expects them: 0/1 float, class index, or standardized float."""
+        import numpy as np
         import pandas as pd
 
         if self.task == "regression":
@@ -191,6 +195,7 @@ def fit_spec(
     embedding_dim: int,
 ) -> TabularSpec:
     """Fit preprocessing statistics on the training rows."""
+    import numpy as np
     import pandas as pd
 
     if task not in TASKS:
@@ -491,6 +496,8 @@ def run_fingerprint(
 ) -> str:
     """What a checkpoint must match to be resumed: architecture, stats, encoded data (train and
     holdout, row order included) and the hyperparameters that shape the trajectory."""
+    import numpy as np
+
     keys = ("seed", "batch_size", "learning_rate", "precision")
     digest = hashlib.blake2b(digest_size=32)
     digest.update(spec.to_json().encode())
@@ -557,6 +564,8 @@ def _load_checkpoint(
 
 def roc_auc(y: np.ndarray, score: np.ndarray) -> float:
     """ROC AUC (Mann-Whitney, ties averaged); NaN when only one class is present."""
+    import numpy as np
+
     positive = np.asarray(y) > 0.5
     n_pos = int(positive.sum())
     n_neg = len(positive) - n_pos
@@ -639,6 +648,7 @@ def run_training(
     """
     import random
 
+    import numpy as np
     import torch
 
     distributed = world_size > 1
@@ -838,6 +848,7 @@ class TorchTabularModel:
         best_epoch: int | None = None,
         stop_reason: str | None = None,
     ) -> None:
+        import numpy as np
         import torch
 
         self.spec = spec
@@ -862,6 +873,7 @@ class TorchTabularModel:
         return self.spec.task
 
     def _raw(self, df: pd.DataFrame) -> np.ndarray:
+        import numpy as np
         import torch
 
         x_num, x_cat = self.spec.encode_features(df)
@@ -879,6 +891,8 @@ class TorchTabularModel:
 
     def predict_proba(self, df: pd.DataFrame) -> np.ndarray:
         """Class probabilities, columns in the order of ``classes_``."""
+        import numpy as np
+
         if self.spec.task == "regression":
             raise AttributeError("predict_proba is only available for classification")
         raw = self._raw(df).astype(np.float64)
@@ -891,6 +905,8 @@ class TorchTabularModel:
 
     def predict(self, df: pd.DataFrame) -> np.ndarray:
         """Class labels (strings) for classification, floats for regression."""
+        import numpy as np
+
         if self.spec.task == "regression":
             raw = self._raw(df)[:, 0].astype(np.float64)
             return raw * self.spec.target_std + self.spec.target_mean
@@ -1483,6 +1499,7 @@ LOADER_MARKER = "mlops_resources.torch_executor.load_torch_model"
 
 def _pip_requirements() -> list[str]:
     import mlflow
+    import numpy as np
     import torch
 
     return [
