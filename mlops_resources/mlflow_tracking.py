@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import random
+import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -19,6 +22,10 @@ CHAMPION_ALIAS = "champion"
 # Steps that talk to MLflow retry transient outages a bounded number of times, then fail.
 MLFLOW_RETRY_POLICY = RetryPolicy(max_retries=2, delay=1, backoff=Backoff.EXPONENTIAL)
 CHALLENGER_ALIAS = "challenger"
+# The lease that makes move_champion atomic across processes and machines (see promotion_lock).
+LOCK_SUFFIX = ".promotion-lock"
+LOCK_WAIT_SECONDS = 120.0
+LOCK_STALE_SECONDS = 300.0
 
 
 class PromotionConflict(RuntimeError):
@@ -158,18 +165,70 @@ class MLflowResource(ConfigurableResource):
         for key, value in tags.items():
             client.set_model_version_tag(name, str(version), key, str(value))
 
+    @contextmanager
+    def promotion_lock(self, name: str, wait_seconds: float = LOCK_WAIT_SECONDS) -> Iterator[None]:
+        """Hold the promotion lease of registered model `name` across processes and machines.
+
+        MLflow has no conditional alias update, but creating a registered model is atomic (its
+        name is unique in every backend), so the lease is a registered model `<name>` +
+        LOCK_SUFFIX, deleted on exit. A lease older than LOCK_STALE_SECONDS (its holder died) is
+        broken. Raises PromotionConflict if the lease stays taken for `wait_seconds`.
+        """
+        from mlflow.exceptions import MlflowException
+
+        client = self.client()
+        lock = name + LOCK_SUFFIX
+        owner = uuid.uuid4().hex
+        deadline = time.monotonic() + wait_seconds
+        while True:
+            try:
+                client.create_registered_model(
+                    lock,
+                    tags={"mlops.lock_owner": owner},
+                    description=f"Lease held while a promotion moves the aliases of {name}.",
+                )
+                break
+            except MlflowException as exc:
+                if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                    raise
+            self._break_stale_lease(lock)
+            if time.monotonic() > deadline:
+                raise PromotionConflict(
+                    f"the promotion lease {lock} stayed taken for {wait_seconds:.0f} s"
+                )
+            time.sleep(random.uniform(0.05, 0.3))
+        try:
+            yield
+        finally:
+            client.delete_registered_model(lock)
+
+    def _break_stale_lease(self, lock: str) -> None:
+        from mlflow.exceptions import MlflowException
+
+        client = self.client()
+        try:
+            held = client.get_registered_model(lock)
+            age = time.time() - held.creation_timestamp / 1000
+            if age > LOCK_STALE_SECONDS:
+                client.delete_registered_model(lock)
+        except MlflowException:
+            pass  # released (or broken) by someone else meanwhile
+
     def move_champion(self, name: str, version: str | int, expected: str | None) -> None:
-        """Compare-and-set: point `champion` at `version` only if it still points at `expected`.
+        """Compare-and-set: point `champion` at `version` only if it still points at `expected`,
+        under the model's promotion lease, so two processes cannot both move it.
 
         Raises PromotionConflict when another promotion moved the alias meanwhile, so the caller
         re-evaluates against the new champion instead of overwriting it blindly.
         """
-        current_version = self.champion(name)
-        if current_version != expected:
-            raise PromotionConflict(
-                f"champion of {name} moved from {expected} to {current_version} during evaluation"
-            )
-        self.client().set_registered_model_alias(name, CHAMPION_ALIAS, str(version))
+        with self.promotion_lock(name):
+            current_version = self.champion(name)
+            if current_version != expected:
+                raise PromotionConflict(
+                    f"champion of {name} moved from {expected} to {current_version} "
+                    "during evaluation"
+                )
+            self.client().set_registered_model_alias(name, CHAMPION_ALIAS, str(version))
 
     def load_model(self, model_uri: str) -> Any:
         """Load a model as a pyfunc."""

@@ -1,10 +1,16 @@
 """Each resource against the real library: Great Expectations, MLflow, Feast."""
 
+import json
+import subprocess
+import sys
+import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pandas as pd
 import pytest
 
+from mlops_resources import mlflow_tracking
 from mlops_resources.feast_store import FeastResource
 from mlops_resources.mlflow_tracking import MLflowResource, PromotionConflict
 from mlops_resources.validation import ExpectationConfig, GreatExpectationsResource
@@ -40,7 +46,7 @@ def test_gx_unknown_expectation_is_a_clear_error():
         GreatExpectationsResource().build_expectation(ExpectationConfig("expect_magic"))
 
 
-def test_mlflow_embedded_store_and_compare_and_set_alias(home):
+def test_mlflow_embedded_store_and_compare_and_set_alias(home, monkeypatch):
     import mlflow
     from sklearn.dummy import DummyClassifier
 
@@ -60,6 +66,64 @@ def test_mlflow_embedded_store_and_compare_and_set_alias(home):
     assert resource.champion("probe_model") == "1"
     with pytest.raises(PromotionConflict, match="moved from None to 1"):
         resource.move_champion("probe_model", "1", expected=None)
+
+    # The lease behind move_champion: taken while held, free again after, broken when stale.
+    lock = "probe_model" + mlflow_tracking.LOCK_SUFFIX
+    with resource.promotion_lock("probe_model"):
+        assert resource.client().get_registered_model(lock).tags["mlops.lock_owner"]
+        with pytest.raises(PromotionConflict, match="stayed taken"):
+            with resource.promotion_lock("probe_model", wait_seconds=0.5):
+                pass
+    assert not resource.client().search_registered_models(f"name='{lock}'")
+    resource.client().create_registered_model(lock)  # left behind by a killed holder
+    monkeypatch.setattr(mlflow_tracking, "LOCK_STALE_SECONDS", 0.0)
+    resource.move_champion("probe_model", "1", expected="1")
+    assert not resource.client().search_registered_models(f"name='{lock}'")
+
+
+RACER = """
+import json, sys, time
+from mlops_resources.mlflow_tracking import MLflowResource, PromotionConflict
+version, start, rounds, gap = sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+resource, won = MLflowResource(), []
+for i in range(rounds):
+    time.sleep(max(0.0, start + i * gap - time.time()))
+    try:
+        resource.move_champion(f"race_{i}", version, expected=None)
+        won.append(i)
+    except PromotionConflict:
+        pass
+print(json.dumps(won))
+"""
+
+
+def test_move_champion_is_atomic_across_processes(home, tmp_path):
+    """Two processes call move_champion(expected=None) on the same models at the same instants:
+    on every model exactly one of them moves the alias, and the alias is the winner's."""
+    rounds, gap = 8, 0.6
+    client = MLflowResource().client()
+    for i in range(rounds):
+        client.create_registered_model(f"race_{i}")
+        for _ in range(2):
+            client.create_model_version(f"race_{i}", source=str(tmp_path), run_id=None)
+    start = time.time() + 20  # both interpreters have imported MLflow by then
+    racers = [
+        subprocess.Popen(
+            [sys.executable, "-c", RACER, version, str(start), str(rounds), str(gap)],
+            cwd=Path(__file__).resolve().parents[1],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for version in ("1", "2")
+    ]
+    outputs = [racer.communicate(timeout=180) for racer in racers]
+    for racer, (_, stderr) in zip(racers, outputs, strict=True):
+        assert racer.returncode == 0, stderr[-3000:]
+    won = [set(json.loads(stdout.strip().splitlines()[-1])) for stdout, _ in outputs]
+    assert won[0].isdisjoint(won[1]) and won[0] | won[1] == set(range(rounds)), won
+    for i in range(rounds):
+        assert MLflowResource().champion(f"race_{i}") == ("1" if i in won[0] else "2")
 
 
 def test_feast_apply_materialize_and_read_back(home):
