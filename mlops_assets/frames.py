@@ -2,8 +2,9 @@
 location loads (pandas and numpy would make loading definitions ~40% slower).
 
 Type checkers see pandas.DataFrame; Dagster sees a DagsterType named DataFrame whose check
-imports pandas only when a run checks a value (Dagster's documented pattern for annotating
-with a DagsterType).
+imports pandas only when a run checks a value. (Dagster's docs advise against DagsterType
+objects in annotations because type checkers cannot read them; the TYPE_CHECKING branch is
+what answers that.)
 """
 
 from typing import TYPE_CHECKING, Any

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
 import time
 import uuid
@@ -26,6 +27,7 @@ CHALLENGER_ALIAS = "challenger"
 LOCK_SUFFIX = ".promotion-lock"
 LOCK_WAIT_SECONDS = 120.0
 LOCK_STALE_SECONDS = 300.0
+LEASE_TAKEN_CODES = ("RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST")
 
 
 class PromotionConflict(RuntimeError):
@@ -189,7 +191,9 @@ class MLflowResource(ConfigurableResource):
                 )
                 break
             except MlflowException as exc:
-                if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                # Taken: "already exists", or "not found" when the holder released it while
+                # MLflow was looking up the name that failed its unique constraint.
+                if exc.error_code not in LEASE_TAKEN_CODES:
                     raise
             self._break_stale_lease(lock)
             if time.monotonic() > deadline:
@@ -200,7 +204,8 @@ class MLflowResource(ConfigurableResource):
         try:
             yield
         finally:
-            client.delete_registered_model(lock)
+            with contextlib.suppress(MlflowException):  # broken as stale meanwhile: gone already
+                client.delete_registered_model(lock)
 
     def _break_stale_lease(self, lock: str) -> None:
         from mlflow.exceptions import MlflowException
