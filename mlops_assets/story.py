@@ -13,7 +13,7 @@ from typing import Any
 
 from dagster import DagsterInstance, Definitions, RunRequest, RunsFilter, build_sensor_context
 
-from mlops_assets.automation import DRIFT_SENSOR, NEW_DATA_SENSOR
+from mlops_assets.automation import DAILY_JOB, DRIFT_SENSOR, NEW_DATA_SENSOR
 from mlops_assets.spec import PipelineSpec
 
 RUN_KEY_TAG = "dagster/run_key"
@@ -86,7 +86,7 @@ def run_story(
     """Simulate `days`: `arrive(day)` makes the day's source file appear."""
     new_data = SensorTicker(defs, instance, NEW_DATA_SENSOR)
     drift = SensorTicker(defs, instance, DRIFT_SENSOR)
-    pending: dict[str, RunRequest] = {}
+    pending: dict[tuple[str, str], RunRequest] = {}  # (job, partition) -> request
     story = []
     for day in days:
         key = day.isoformat()
@@ -94,16 +94,13 @@ def run_story(
         arrive(day)
         requests, skip = new_data.tick()
         for request in requests:
-            if request.job_name != "daily":
-                pending[f"{request.job_name}:{request.partition_key}"] = request
+            slot = (request.job_name, request.partition_key)
+            if request.job_name != DAILY_JOB:
+                pending[slot] = request
             elif request.partition_key >= key:
-                pending.setdefault(f"daily:{request.partition_key}", request)
-        due = [pending.pop(k) for k in sorted(pending) if k.startswith("daily:") and k[6:] == key]
-        due += [
-            pending.pop(k)
-            for k in sorted(pending)
-            if not k.startswith("daily:") and pending[k].partition_key < key
-        ]
+                pending.setdefault(slot, request)
+        due = [pending.pop((DAILY_JOB, key))] if (DAILY_JOB, key) in pending else []
+        due += [pending.pop(s) for s in sorted(pending) if s[0] != DAILY_JOB and s[1] < key]
         record["new_data_sensor"] = {"run_requests": [describe(r) for r in due], "skip": skip}
         record["runs"] = [
             run
