@@ -244,9 +244,9 @@ def decide_on(
         )
     else:
         flagged = bool(meta.get("degraded"))
-        why = (
-            f"model_performance {partition}: v{version} degraded on "
-            f"{meta.get('degraded_metrics') or 'no metric'}"
+        worse = meta.get("degraded_metrics")
+        why = f"model_performance {partition}: v{version} " + (
+            f"degraded on {worse}" if worse else "within tolerance"
         )
     if not flagged:
         return None, f"no action: {why}"
