@@ -59,7 +59,12 @@ wait_for() {
         fi
         sleep 1
     done
-    die "$name did not come up within ${WAIT_SECONDS}s (logs in $STATE/*.log)"
+    for file in "$STATE"/*.log; do  # the logs go with the state dir: show them before dying
+        [ -f "$file" ] || continue
+        log "--- last lines of $file"
+        tail -n 25 "$file" >&2
+    done
+    die "$name did not come up within ${WAIT_SECONDS} tries (logs in $STATE/*.log)"
 }
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
