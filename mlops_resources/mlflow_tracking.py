@@ -195,7 +195,7 @@ class MLflowResource(ConfigurableResource):
                 # MLflow was looking up the name that failed its unique constraint.
                 if exc.error_code not in LEASE_TAKEN_CODES:
                     raise
-            self._break_stale_lease(lock)
+            break_stale_lease(client, lock)
             if time.monotonic() > deadline:
                 raise PromotionConflict(
                     f"the promotion lease {lock} stayed taken for {wait_seconds:.0f} s"
@@ -206,18 +206,6 @@ class MLflowResource(ConfigurableResource):
         finally:
             with contextlib.suppress(MlflowException):  # broken as stale meanwhile: gone already
                 client.delete_registered_model(lock)
-
-    def _break_stale_lease(self, lock: str) -> None:
-        from mlflow.exceptions import MlflowException
-
-        client = self.client()
-        try:
-            held = client.get_registered_model(lock)
-            age = time.time() - held.creation_timestamp / 1000
-            if age > LOCK_STALE_SECONDS:
-                client.delete_registered_model(lock)
-        except MlflowException:
-            pass  # released (or broken) by someone else meanwhile
 
     def move_champion(self, name: str, version: str | int, expected: str | None) -> None:
         """Compare-and-set: point `champion` at `version` only if it still points at `expected`,
@@ -240,3 +228,13 @@ class MLflowResource(ConfigurableResource):
         import mlflow.pyfunc
 
         return mlflow.pyfunc.load_model(model_uri)
+
+
+def break_stale_lease(client: MlflowClient, lock: str) -> None:
+    """Delete the promotion lease `lock` if older than LOCK_STALE_SECONDS (its holder died)."""
+    from mlflow.exceptions import MlflowException
+
+    with contextlib.suppress(MlflowException):  # released (or broken) by someone else meanwhile
+        held = client.get_registered_model(lock)
+        if time.time() - held.creation_timestamp / 1000 > LOCK_STALE_SECONDS:
+            client.delete_registered_model(lock)
