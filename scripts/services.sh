@@ -10,8 +10,13 @@
 #   scripts/services.sh start-ui / stop-ui
 #                                `dagster dev` (webserver + daemon) on 127.0.0.1:$MLOPS_UI_PORT
 #                                for workspace.yaml, with the caller's DAGSTER_HOME/MLOPS_* env
+#   scripts/services.sh ui-url   print the URL of the running UI
 #
-# Everything binds to 127.0.0.1. State and logs live in $MLOPS_SERVICES_DIR (default
+# Everything binds to 127.0.0.1. The default ports lie below Linux's ephemeral range
+# (32768-60999), so an outgoing connection of this machine cannot be holding them; a port that
+# another server already listens on is skipped for the next free one (the env file records the
+# ports in use). A port set through its variable is used as given. State and logs live in
+# $MLOPS_SERVICES_DIR (default
 # ${TMPDIR:-/tmp}/mlops-services-<uid>). Credentials are generated on the first start and kept
 # only in $MLOPS_SERVICES_DIR/services.env (mode 600): never in the repository.
 # Every wait is bounded (WAIT_SECONDS, default 60).
@@ -20,11 +25,6 @@ set -euo pipefail
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
 STATE="${MLOPS_SERVICES_DIR:-${TMPDIR:-/tmp}/mlops-services-$(id -u)}"
 BIN="${MLOPS_VENV_BIN:-$REPO/.venv/bin}"
-PG_PORT="${MLOPS_PG_PORT:-55432}"
-REDIS_PORT="${MLOPS_REDIS_PORT:-56379}"
-S3_PORT="${MLOPS_S3_PORT:-55000}"
-MLFLOW_PORT="${MLOPS_MLFLOW_PORT:-55001}"
-UI_PORT="${MLOPS_UI_PORT:-53000}"
 BUCKET="${MLOPS_S3_BUCKET:-mlops-suite}"
 WAIT_SECONDS="${WAIT_SECONDS:-60}"
 ENV_FILE="$STATE/services.env"
@@ -69,6 +69,33 @@ wait_for() {
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
+# choose_port VARIABLE DEFAULT [CHOSEN...]: the value of VARIABLE when set; else DEFAULT or,
+# when another server listens there or it is one of CHOSEN, the next free port above it (at
+# most 50 tried).
+choose_port() {
+    local variable="$1" port="$2"
+    shift 2
+    if [ -n "${!variable:-}" ]; then
+        echo "${!variable}"
+        return 0
+    fi
+    for _ in $(seq 1 50); do
+        if ! port_open "$port" && [[ " $* " != *" $port "* ]]; then
+            echo "$port"
+            return 0
+        fi
+        log "port $port is taken; trying $((port + 1)) for $variable"
+        port=$((port + 1))
+    done
+    die "no free port in the 50 tried for $variable: set $variable"
+}
+
+# claim_port NAME PORT VARIABLE: fail clearly when another server listens on PORT.
+claim_port() {
+    port_open "$2" && die "$1 cannot start: port $2 is taken by another server (set $3)"
+    return 0
+}
+
 running() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 
 # detach PIDFILE LOG COMMAND...: run COMMAND in the background as the leader of a new session
@@ -83,30 +110,36 @@ detach() {
 
 write_env_file() {
     [ -f "$ENV_FILE" ] && return 0
-    local pg_password redis_password s3_key s3_secret
+    local pg_port redis_port s3_port mlflow_port pg_password redis_password s3_key s3_secret
     pg_password="$(head -c 18 /dev/urandom | base64 | tr -dc 'A-Za-z0-9')"
     redis_password="$(head -c 18 /dev/urandom | base64 | tr -dc 'A-Za-z0-9')"
     s3_key="AKIA$(head -c 12 /dev/urandom | base64 | tr -dc 'A-Z0-9' | head -c 16)"
     s3_secret="$(head -c 30 /dev/urandom | base64 | tr -dc 'A-Za-z0-9')"
+    pg_port="$(choose_port MLOPS_PG_PORT 15432)"
+    redis_port="$(choose_port MLOPS_REDIS_PORT 16379)"
+    s3_port="$(choose_port MLOPS_S3_PORT 15000)"
+    mlflow_port="$(choose_port MLOPS_MLFLOW_PORT 15001 "$s3_port")"
     (
         umask 077
         cat >"$ENV_FILE" <<EOF
 # Written by scripts/services.sh: the production profile against the loopback servers.
 export MLOPS_PROFILE=production
 export MLOPS_PG_HOST=127.0.0.1
-export MLOPS_PG_PORT=$PG_PORT
+export MLOPS_PG_PORT=$pg_port
 export MLOPS_PG_USER=mlops
 export MLOPS_PG_PASSWORD=$pg_password
 export MLOPS_PG_DB=dagster
 export MLOPS_REDIS_HOST=127.0.0.1
-export MLOPS_REDIS_PORT=$REDIS_PORT
+export MLOPS_REDIS_PORT=$redis_port
 export MLOPS_REDIS_PASSWORD=$redis_password
 export MLOPS_S3_BUCKET=$BUCKET
-export AWS_ENDPOINT_URL=http://127.0.0.1:$S3_PORT
+export AWS_ENDPOINT_URL=http://127.0.0.1:$s3_port
+export MLOPS_S3_PORT=$s3_port
 export AWS_ACCESS_KEY_ID=$s3_key
 export AWS_SECRET_ACCESS_KEY=$s3_secret
 export AWS_DEFAULT_REGION=us-east-1
-export MLFLOW_TRACKING_URI=http://127.0.0.1:$MLFLOW_PORT
+export MLFLOW_TRACKING_URI=http://127.0.0.1:$mlflow_port
+export MLOPS_MLFLOW_PORT=$mlflow_port
 EOF
     )
 }
@@ -123,21 +156,22 @@ start_postgres() {
             die "initdb failed: $(tail -n 5 "$STATE/initdb.log")"
         rm -f "$STATE/pg.pw"
     fi
-    if port_open "$PG_PORT"; then
-        log "postgres already listening on $PG_PORT"
+    if as_pg "$bin/pg_ctl" -D "$data" status >/dev/null 2>&1; then
+        log "postgres already running"
     else
+        claim_port postgres "$MLOPS_PG_PORT" MLOPS_PG_PORT
         touch "$STATE/postgres.log"
         if [ "$(id -u)" -eq 0 ]; then chown postgres "$STATE/postgres.log"; fi
         as_pg "$bin/pg_ctl" -D "$data" -l "$STATE/postgres.log" -w -t "$WAIT_SECONDS" \
-            -o "-c listen_addresses=127.0.0.1 -p $PG_PORT -k $STATE/pgsock" start >/dev/null ||
+            -o "-c listen_addresses=127.0.0.1 -p $MLOPS_PG_PORT -k $STATE/pgsock" start >/dev/null ||
             die "postgres did not start: $(tail -n 5 "$STATE/postgres.log")"
     fi
-    wait_for postgres env PGPASSWORD="$MLOPS_PG_PASSWORD" psql -h 127.0.0.1 -p "$PG_PORT" \
+    wait_for postgres env PGPASSWORD="$MLOPS_PG_PASSWORD" psql -h 127.0.0.1 -p "$MLOPS_PG_PORT" \
         -U "$MLOPS_PG_USER" -d postgres -c 'select 1'
     for db in dagster mlflow; do
-        PGPASSWORD="$MLOPS_PG_PASSWORD" psql -h 127.0.0.1 -p "$PG_PORT" -U "$MLOPS_PG_USER" \
+        PGPASSWORD="$MLOPS_PG_PASSWORD" psql -h 127.0.0.1 -p "$MLOPS_PG_PORT" -U "$MLOPS_PG_USER" \
             -d postgres -tAc "select 1 from pg_database where datname = '$db'" | grep -q 1 ||
-            PGPASSWORD="$MLOPS_PG_PASSWORD" createdb -h 127.0.0.1 -p "$PG_PORT" \
+            PGPASSWORD="$MLOPS_PG_PASSWORD" createdb -h 127.0.0.1 -p "$MLOPS_PG_PORT" \
                 -U "$MLOPS_PG_USER" "$db"
     done
 }
@@ -149,7 +183,7 @@ start_redis() {
         umask 077
         cat >"$STATE/redis.conf" <<EOF
 bind 127.0.0.1
-port $REDIS_PORT
+port $MLOPS_REDIS_PORT
 requirepass $MLOPS_REDIS_PASSWORD
 dir $STATE/redis
 pidfile $STATE/redis.pid
@@ -162,10 +196,11 @@ EOF
     if running "$STATE/redis.pid"; then
         log "redis already running"
     else
+        claim_port redis "$MLOPS_REDIS_PORT" MLOPS_REDIS_PORT
         redis-server "$STATE/redis.conf"
     fi
     wait_for redis env REDISCLI_AUTH="$MLOPS_REDIS_PASSWORD" redis-cli -h 127.0.0.1 \
-        -p "$REDIS_PORT" ping
+        -p "$MLOPS_REDIS_PORT" ping
 }
 
 start_s3() {
@@ -173,9 +208,10 @@ start_s3() {
     if running "$STATE/s3.pid"; then
         log "s3 (moto) already running"
     else
-        detach "$STATE/s3.pid" "$STATE/s3.log" "$BIN/moto_server" -H 127.0.0.1 -p "$S3_PORT"
+        claim_port s3 "$MLOPS_S3_PORT" MLOPS_S3_PORT
+        detach "$STATE/s3.pid" "$STATE/s3.log" "$BIN/moto_server" -H 127.0.0.1 -p "$MLOPS_S3_PORT"
     fi
-    wait_for s3 port_open "$S3_PORT"
+    wait_for s3 port_open "$MLOPS_S3_PORT"
     "$BIN/python" - "$BUCKET" <<'EOF'
 import sys
 
@@ -192,27 +228,39 @@ start_mlflow() {
     if running "$STATE/mlflow.pid"; then
         log "mlflow already running"
     else
+        claim_port mlflow "$MLOPS_MLFLOW_PORT" MLOPS_MLFLOW_PORT
         # The backend URI carries the password: pass it in the environment, not on argv.
-        MLFLOW_BACKEND_STORE_URI="postgresql+psycopg2://$MLOPS_PG_USER:$MLOPS_PG_PASSWORD@127.0.0.1:$PG_PORT/mlflow" \
+        MLFLOW_BACKEND_STORE_URI="postgresql+psycopg2://$MLOPS_PG_USER:$MLOPS_PG_PASSWORD@127.0.0.1:$MLOPS_PG_PORT/mlflow" \
             MLFLOW_DISABLE_TELEMETRY=true DO_NOT_TRACK=1 \
             detach "$STATE/mlflow.pid" "$STATE/mlflow.log" \
-            "$BIN/mlflow" server --host 127.0.0.1 --port "$MLFLOW_PORT" --workers 1 \
+            "$BIN/mlflow" server --host 127.0.0.1 --port "$MLOPS_MLFLOW_PORT" --workers 1 \
             --serve-artifacts --artifacts-destination "s3://$BUCKET/mlflow"
     fi
-    wait_for mlflow curl -fsS --max-time 5 "http://127.0.0.1:$MLFLOW_PORT/health"
+    wait_for mlflow curl -fsS --max-time 5 "http://127.0.0.1:$MLOPS_MLFLOW_PORT/health"
 }
 
 start_ui() {
     [ -n "${DAGSTER_HOME:-}" ] || die "set DAGSTER_HOME (the instance the UI shows)"
     mkdir -p "$STATE" "$DAGSTER_HOME"
+    local port
     if running "$STATE/dagster-ui.pid"; then
         log "dagster UI already running"
+        port="$(cat "$STATE/dagster-ui.port")"
     else
+        port="$(choose_port MLOPS_UI_PORT 13000)"
+        claim_port "dagster UI" "$port" MLOPS_UI_PORT
+        echo "$port" >"$STATE/dagster-ui.port"
         (cd "$REPO" && detach "$STATE/dagster-ui.pid" "$STATE/dagster-ui.log" \
-            "$BIN/dagster" dev -w workspace.yaml -h 127.0.0.1 -p "$UI_PORT")
+            "$BIN/dagster" dev -w workspace.yaml -h 127.0.0.1 -p "$port")
     fi
-    WAIT_SECONDS="${UI_WAIT_SECONDS:-180}" wait_for "dagster UI on port $UI_PORT" \
-        curl -fsS --max-time 5 "http://127.0.0.1:$UI_PORT/server_info"
+    WAIT_SECONDS="${UI_WAIT_SECONDS:-180}" wait_for "dagster UI on port $port" \
+        curl -fsS --max-time 5 "http://127.0.0.1:$port/server_info"
+    log "dagster UI: $(ui_url)"
+}
+
+ui_url() {
+    [ -f "$STATE/dagster-ui.port" ] || die "the dagster UI was not started (start-ui)"
+    echo "http://127.0.0.1:$(cat "$STATE/dagster-ui.port")"
 }
 
 stop_pidfile() {
@@ -248,6 +296,7 @@ start() {
 stop() {
     [ -d "$STATE" ] || return 0
     stop_pidfile "dagster UI" "$STATE/dagster-ui.pid"
+    rm -f "$STATE/dagster-ui.port"
     stop_pidfile mlflow "$STATE/mlflow.pid"
     stop_pidfile s3 "$STATE/s3.pid"
     stop_pidfile redis "$STATE/redis.pid"
@@ -261,7 +310,10 @@ status() {
     for name in mlflow s3 redis dagster-ui; do
         if running "$STATE/$name.pid"; then echo "$name: running"; else echo "$name: stopped"; fi
     done
-    if port_open "$PG_PORT"; then echo "postgres: running"; else echo "postgres: stopped"; fi
+    [ -f "$ENV_FILE" ] || return 0
+    # shellcheck disable=SC1090
+    source "$ENV_FILE"
+    if port_open "$MLOPS_PG_PORT"; then echo "postgres: running"; else echo "postgres: stopped"; fi
 }
 
 case "${1:-}" in
@@ -270,6 +322,7 @@ case "${1:-}" in
     status) status ;;
     env) echo "$ENV_FILE" ;;
     start-ui) start_ui ;;
-    stop-ui) stop_pidfile "dagster UI" "$STATE/dagster-ui.pid" ;;
-    *) echo "usage: $0 start|stop|status|env|start-ui|stop-ui" >&2; exit 2 ;;
+    ui-url) ui_url ;;
+    stop-ui) stop_pidfile "dagster UI" "$STATE/dagster-ui.pid"; rm -f "$STATE/dagster-ui.port" ;;
+    *) echo "usage: $0 start|stop|status|env|start-ui|stop-ui|ui-url" >&2; exit 2 ;;
 esac

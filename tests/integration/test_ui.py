@@ -33,10 +33,11 @@ TIMEOUT_MS = 60_000
 @pytest.fixture(scope="module")
 def dagster_ui(production: dict, bad_partition: dict) -> Iterator[str]:
     """`dagster dev` (webserver + daemon) on the production instance and spec of the session."""
-    port = os.environ.get("MLOPS_UI_PORT", "53000")
     try:
         subprocess.run(["bash", str(SERVICES), "start-ui"], check=True, timeout=300)
-        yield f"http://127.0.0.1:{port}"
+        yield subprocess.run(
+            ["bash", str(SERVICES), "ui-url"], check=True, capture_output=True, text=True
+        ).stdout.strip()
     finally:
         subprocess.run(["bash", str(SERVICES), "stop-ui"], timeout=180)
 
