@@ -27,6 +27,7 @@ CHALLENGER_ALIAS = "challenger"
 LOCK_SUFFIX = ".promotion-lock"
 LOCK_WAIT_SECONDS = 120.0
 LOCK_STALE_SECONDS = 300.0
+LOCK_OWNER_TAG = "mlops.lock_owner"
 LEASE_TAKEN_CODES = ("RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST")
 
 
@@ -186,7 +187,7 @@ class MLflowResource(ConfigurableResource):
             try:
                 client.create_registered_model(
                     lock,
-                    tags={"mlops.lock_owner": owner},
+                    tags={LOCK_OWNER_TAG: owner},
                     description=f"Lease held while a promotion moves the aliases of {name}.",
                 )
                 break
@@ -204,8 +205,7 @@ class MLflowResource(ConfigurableResource):
         try:
             yield
         finally:
-            with contextlib.suppress(MlflowException):  # broken as stale meanwhile: gone already
-                client.delete_registered_model(lock)
+            release_lease(client, lock, owner)
 
     def move_champion(self, name: str, version: str | int, expected: str | None) -> None:
         """Compare-and-set: point `champion` at `version` only if it still points at `expected`,
@@ -228,6 +228,16 @@ class MLflowResource(ConfigurableResource):
         import mlflow.pyfunc
 
         return mlflow.pyfunc.load_model(model_uri)
+
+
+def release_lease(client: MlflowClient, lock: str, owner: str) -> None:
+    """Delete the promotion lease `lock` if `owner` still holds it: a lease broken as stale
+    meanwhile may already be a successor's, which must stay."""
+    from mlflow.exceptions import MlflowException
+
+    with contextlib.suppress(MlflowException):  # broken as stale meanwhile, and not retaken
+        if client.get_registered_model(lock).tags.get(LOCK_OWNER_TAG) == owner:
+            client.delete_registered_model(lock)
 
 
 def break_stale_lease(client: MlflowClient, lock: str) -> None:

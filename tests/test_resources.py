@@ -75,6 +75,12 @@ def test_mlflow_embedded_store_and_compare_and_set_alias(home, monkeypatch):
             with resource.promotion_lock("probe_model", wait_seconds=0.5):
                 pass
     assert not resource.client().search_registered_models(f"name='{lock}'")
+    # A holder whose lease was broken as stale and retaken leaves the successor's lease alone.
+    with resource.promotion_lock("probe_model"):
+        resource.client().delete_registered_model(lock)
+        resource.client().create_registered_model(lock, tags={"mlops.lock_owner": "successor"})
+    assert resource.client().get_registered_model(lock).tags["mlops.lock_owner"] == "successor"
+    resource.client().delete_registered_model(lock)
     resource.client().create_registered_model(lock)  # left behind by a killed holder
     monkeypatch.setattr(mlflow_tracking, "LOCK_STALE_SECONDS", 0.0)
     resource.move_champion("probe_model", "1", expected="1")
