@@ -48,6 +48,7 @@ CARD_FILE = "model_card.md"
 TRAINING_SET_FILE = "training_set.parquet"
 SPEC_FILE = "spec.json"
 REPORT_FILE = "report.json"
+TORCH_SETTINGS_FILE = "torch_executor.json"
 RETIRE_JOB = "retire_model"
 DATA_VERSION_TAG = "mlops.data_version.training_set"
 CODE_VERSION_TAG = "mlops.code_version"
@@ -428,10 +429,15 @@ def governance_metrics(report: dict[str, Any]) -> dict[str, float]:
 
 
 def log_governance(
-    context: Any, spec: PipelineSpec, model: Any, training_set: Frame
+    context: Any,
+    spec: PipelineSpec,
+    model: Any,
+    training_set: Frame,
+    torch_settings: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Compute the governance report and log it to the active MLflow run with the inputs that
-    reproduce the model (spec, training set) and the plots. Returns the report."""
+    reproduce the model (spec, training set and, for torch_mlp, the Torch executor's settings)
+    and the plots. Returns the report."""
     import mlflow
 
     report = governance_report(spec, model, training_set)
@@ -446,6 +452,8 @@ def log_governance(
     mlflow.log_metrics({k: v for k, v in governance_metrics(report).items() if not math.isnan(v)})
     mlflow.log_dict(report, f"{ARTIFACT_DIR}/{REPORT_FILE}")
     mlflow.log_dict(spec.model_dump(mode="json"), f"{ARTIFACT_DIR}/{SPEC_FILE}")
+    if torch_settings is not None:
+        mlflow.log_dict(torch_settings, f"{ARTIFACT_DIR}/{TORCH_SETTINGS_FILE}")
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / TRAINING_SET_FILE
         training_set.to_parquet(path, index=False)
@@ -824,12 +832,13 @@ def reproduce_version(
     mlflow: MLflowResource, name: str, version: str, tolerance: float = 1e-9
 ) -> dict[str, Any]:
     """Retrain a version from its recorded inputs (the logged spec and training set, checked
-    against the recorded data version) with the recorded seed, and compare holdout metrics."""
+    against the recorded data version, and for torch_mlp the Torch executor's settings) with
+    the recorded seed, and compare holdout metrics."""
     import pandas as pd
     from mlflow.exceptions import MlflowException
 
     from mlops_assets import training
-    from mlops_assets.training import TORCH_KIND, build_estimator, evaluate, split
+    from mlops_assets.training import TORCH_KIND, evaluate, split
 
     client = mlflow.client()
     try:
@@ -847,8 +856,13 @@ def reproduce_version(
             ) from exc
         spec = PipelineSpec.model_validate(json.loads((local / SPEC_FILE).read_text()))
         training_set = pd.read_parquet(local / TRAINING_SET_FILE)
-    if spec.model.kind == TORCH_KIND:
-        raise ReproduceError(f"{name} v{version}: reproduce supports the scikit-learn kinds only")
+        torch_file = local / TORCH_SETTINGS_FILE
+        torch_settings = json.loads(torch_file.read_text()) if torch_file.is_file() else None
+    if spec.model.kind == TORCH_KIND and torch_settings is None:
+        raise ReproduceError(
+            f"{name} v{version}: no recorded Torch executor settings ({ARTIFACT_DIR}/"
+            f"{TORCH_SETTINGS_FILE}); it was trained before they were recorded"
+        )
     recorded_version = found.tags.get(DATA_VERSION_TAG)
     actual_version = content_hash(training_set)
     if recorded_version != actual_version:
@@ -856,15 +870,15 @@ def reproduce_version(
             f"{name} v{version}: the logged training set hashes to {actual_version}, but the "
             f"version records data version {recorded_version}"
         )
-    model = build_estimator(spec).fit(*split(training_set, spec, "train"))
+    model = retrain(spec, training_set, torch_settings)
     metrics = evaluate(model, *split(training_set, spec, "holdout"), spec)
     rows = []
-    for key, recorded in sorted(run.data.metrics.items()):
-        if key.startswith("holdout_"):
-            value = metrics[key.removeprefix("holdout_")]
+    for metric, value in sorted(metrics.items()):
+        recorded = run.data.metrics.get(f"holdout_{metric}")  # torch also logs holdout_loss
+        if recorded is not None:
             rows.append(
                 {
-                    "metric": key.removeprefix("holdout_"),
+                    "metric": metric,
                     "recorded": recorded,
                     "reproduced": value,
                     "match": abs(value - recorded) <= tolerance,
@@ -883,6 +897,36 @@ def reproduce_version(
         "metrics": rows,
         "match": bool(rows) and all(r["match"] for r in rows),
     }
+
+
+def retrain(spec: PipelineSpec, training_set: Frame, torch_settings: dict[str, Any] | None) -> Any:
+    """Fit the spec's model kind again on the training set's train rows, as candidate_model
+    did; torch_mlp with the recorded executor settings, from an empty checkpoint folder."""
+    import logging
+
+    from mlops_assets.training import TORCH_KIND, build_estimator, fit_torch, split
+
+    if spec.model.kind != TORCH_KIND:
+        return build_estimator(spec).fit(*split(training_set, spec, "train"))
+    from mlops_resources.torch_executor import TorchExecutorResource
+
+    executor = TorchExecutorResource(**(torch_settings or {}))
+    try:
+        executor.resolve()
+    except RuntimeError as exc:  # e.g. trained on cuda, and this machine has no GPU
+        raise ReproduceError(
+            f"{spec.model_name} was trained on {executor.device}: reproduce it on a machine "
+            f"that has one ({exc})"
+        ) from exc
+    with tempfile.TemporaryDirectory() as checkpoints:
+        return fit_torch(
+            spec,
+            training_set,
+            executor,
+            checkpoint_dir=Path(checkpoints),
+            log=logging.getLogger("mlops_assets.reproduce"),
+            log_metric=lambda name, value, step: None,
+        )
 
 
 # --- command line (python -m mlops_assets retire | reproduce) ---------------------------------

@@ -35,8 +35,13 @@ KIND_TAG = "mlops.model_kind"
 TORCH_KIND = "torch_mlp"
 
 if TYPE_CHECKING:
+    import logging
+    from pathlib import Path
+
     import numpy as np
     import pandas as pd
+
+    from mlops_resources.torch_executor import MetricLogger
 
 
 def positive_class(spec: PipelineSpec, classes: "np.ndarray") -> Any:
@@ -214,6 +219,29 @@ def train_model(
         return build_estimator(spec).fit(X_train, y_train)
     import mlflow as mlflow_api
 
+    return fit_torch(
+        spec,
+        training_set,
+        torch_executor,
+        checkpoint_dir=mlops_home() / "checkpoints" / spec.name / context.partition_key,
+        log=context.log,
+        log_metric=lambda name, value, step: mlflow_api.log_metric(name, value, step=step),
+        pipes_context=context,
+    )
+
+
+def fit_torch(
+    spec: PipelineSpec,
+    training_set: Frame,
+    torch_executor: TorchExecutorResource,
+    *,
+    checkpoint_dir: "Path",
+    log: "logging.Logger",
+    log_metric: "MetricLogger",
+    pipes_context: AssetExecutionContext | None = None,
+) -> Any:
+    """Train the spec's torch_mlp on the training set's train rows, early stopping on its
+    holdout rows (candidate_model and `reproduce` both train through here)."""
     columns = [*spec.feature_names, spec.label]
     return torch_executor.fit(
         training_set.loc[training_set[SPLIT_COLUMN] == "train", columns],
@@ -224,10 +252,10 @@ def train_model(
         task=spec.task.value,
         classes=spec.classes,
         seed=spec.model.seed,
-        checkpoint_dir=mlops_home() / "checkpoints" / spec.name / context.partition_key,
-        log=context.log,
-        log_metric=lambda name, value, step: mlflow_api.log_metric(name, value, step=step),
-        pipes_context=context,
+        checkpoint_dir=checkpoint_dir,
+        log=log,
+        log_metric=log_metric,
+        pipes_context=pipes_context,
     )
 
 
@@ -337,7 +365,13 @@ def build_candidate_model(spec: PipelineSpec) -> AssetsDefinition:
             )
             info = log_model(model, spec, X_train.head(50))
             log_reference(model, spec, X_train)
-            report = log_governance(context, spec, model, training_set)
+            report = log_governance(
+                context,
+                spec,
+                model,
+                training_set,
+                torch_executor.settings_record() if spec.model.kind == TORCH_KIND else None,
+            )
         version = str(info.registered_model_version)
         mlflow.tag_version(
             spec.model_name,

@@ -1188,6 +1188,13 @@ class TorchExecutorResource(ConfigurableResource):
         )
         return info
 
+    def settings_record(self) -> dict[str, Any]:
+        """This configuration with the device it resolves to here (not "auto"), so the same
+        training can be rebuilt with ``TorchExecutorResource(**record)``."""
+        record = {name: getattr(self, name) for name in type(self).model_fields}
+        record["device"] = self.resolve()[0].type
+        return record
+
     def _plan(
         self,
         train: pd.DataFrame,

@@ -8,9 +8,11 @@ import pandas as pd
 import pytest
 
 from mlops_assets.governance import (
+    ReproduceError,
     calibration_report,
     fairness_report,
     fairness_rules,
+    retrain,
     slice_rules,
     triggered_by,
 )
@@ -186,3 +188,19 @@ def test_calibration_step_needs_a_scikit_learn_classifier(tmp_path):
     )
     with pytest.raises(SpecError, match="governance.calibration.method: calibration needs"):
         load_spec(path)
+
+
+def test_reproducing_a_gpu_trained_torch_version_needs_a_gpu(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: a cuda-trained version can be reproduced here")
+    spec = load_spec(
+        write_spec(
+            tmp_path / "torch.yaml",
+            model={"kind": "torch_mlp", "training_window_days": 6, "holdout_days": 2},
+        )
+    )
+    training_set = pd.DataFrame()  # refused before any training
+    with pytest.raises(ReproduceError, match="was trained on cuda: reproduce it on a machine"):
+        retrain(spec, training_set, {"device": "cuda", "max_epochs": 4})

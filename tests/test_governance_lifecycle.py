@@ -2,9 +2,7 @@
 model cards of every version, audit trail of promotions, staleness, reproduction, retirement and
 the optional calibration step."""
 
-import contextlib
 import getpass
-import io
 import json
 from datetime import datetime
 from pathlib import Path
@@ -15,7 +13,6 @@ from dagster import AssetKey, DagsterInstance, RunsFilter, materialize
 from dagster._core.definitions.data_version import StaleStatus
 from dagster._utils.test.data_versions import get_stale_status_resolver
 
-from mlops_assets.cli import main
 from mlops_assets.demo_data import generate_day
 from mlops_assets.governance import (
     ARTIFACT_DIR,
@@ -27,15 +24,8 @@ from mlops_assets.governance import (
 from mlops_assets.pipeline import build_assets, build_definitions, default_resources
 from mlops_assets.spec import load_spec
 from mlops_resources.mlflow_tracking import CHAMPION_ALIAS, MLflowResource
-from tests.conftest import TEST_WINDOW_DAYS, write_spec
+from tests.conftest import TEST_WINDOW_DAYS, run_cli, write_spec
 from tests.test_lifecycle import latest_metadata
-
-
-def run_cli(*argv: str) -> tuple[int, str]:
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        code = main(list(argv))
-    return code, out.getvalue()
 
 
 def trained_runs(lifecycle) -> list[dict]:
