@@ -26,7 +26,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from mlops_resources.torch_executor import TorchExecutorResource, select_device
+from mlops_resources.torch_executor import TabularColumns, TorchExecutorResource, select_device
 
 NUMERIC = [f"x{i}" for i in range(8)]
 CATEGORICAL = ["shop", "region"]
@@ -149,11 +149,7 @@ def executor_fit(
         resource.fit(
             train,
             holdout,
-            numeric=NUMERIC,
-            categorical=CATEGORICAL,
-            label="label",
-            task="binary_classification",
-            classes=["no", "yes"],
+            TabularColumns(NUMERIC, CATEGORICAL, "label", "binary_classification", ["no", "yes"]),
             seed=seed,
             checkpoint_dir=Path(tmp),
             log=quiet,

@@ -26,7 +26,7 @@ from mlops_assets.governance import (
 from mlops_assets.spec import PREDICTION_COLUMN, PipelineSpec, Task
 from mlops_resources.mlflow_tracking import MLFLOW_RETRY_POLICY, MLflowResource
 from mlops_resources.storage import mlops_home
-from mlops_resources.torch_executor import TorchExecutorResource, k8s_gpu_tags
+from mlops_resources.torch_executor import TabularColumns, TorchExecutorResource, k8s_gpu_tags
 
 LOAD_CHECK = "loads_and_predicts"
 REFERENCE_ARTIFACT_DIR = "reference"
@@ -246,11 +246,13 @@ def fit_torch(
     return torch_executor.fit(
         training_set.loc[training_set[SPLIT_COLUMN] == "train", columns],
         training_set.loc[training_set[SPLIT_COLUMN] == "holdout", columns],
-        numeric=[f.name for f in spec.features if f.type == "numeric"],
-        categorical=[f.name for f in spec.features if f.type == "categorical"],
-        label=spec.label,
-        task=spec.task.value,
-        classes=spec.classes,
+        TabularColumns(
+            numeric=[f.name for f in spec.features if f.type == "numeric"],
+            categorical=[f.name for f in spec.features if f.type == "categorical"],
+            label=spec.label,
+            task=spec.task.value,
+            classes=spec.classes,
+        ),
         seed=spec.model.seed,
         checkpoint_dir=checkpoint_dir,
         log=log,

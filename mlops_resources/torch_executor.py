@@ -66,6 +66,18 @@ PREDICT_BATCH = 65536
 MetricLogger = Callable[[str, float, int], None]
 
 
+@dataclasses.dataclass(frozen=True)
+class TabularColumns:
+    """What the network learns: feature columns by type, the label column and the task
+    (``classes`` for the classification tasks; ``classes[-1]`` is a binary task's positive)."""
+
+    numeric: Sequence[str]
+    categorical: Sequence[str]
+    label: str
+    task: str
+    classes: Sequence[str] | None = None
+
+
 # --------------------------------------------------------------------------------------------
 # Preprocessing spec (pure numpy/pandas; JSON round-trip)
 # --------------------------------------------------------------------------------------------
@@ -185,12 +197,8 @@ def _embedding_dim(cardinality: int, configured: int) -> int:
 
 def fit_spec(
     train: pd.DataFrame,
+    columns: TabularColumns,
     *,
-    numeric: Sequence[str],
-    categorical: Sequence[str],
-    label: str,
-    task: str,
-    classes: Sequence[str] | None,
     hidden_sizes: Sequence[int],
     embedding_dim: int,
 ) -> TabularSpec:
@@ -198,9 +206,10 @@ def fit_spec(
     import numpy as np
     import pandas as pd
 
+    task, classes = columns.task, columns.classes
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")
-    if not numeric and not categorical:
+    if not columns.numeric and not columns.categorical:
         raise ValueError("at least one numeric or categorical feature is required")
     if task == "regression":
         class_list: list[str] = []
@@ -211,7 +220,7 @@ def fit_spec(
             raise ValueError(f"binary_classification needs exactly two classes, got {classes!r}")
         class_list = [str(c) for c in classes]
     medians, means, stds = [], [], []
-    for col in numeric:
+    for col in columns.numeric:
         values = pd.to_numeric(train[col], errors="coerce").to_numpy(np.float64)
         finite = values[~np.isnan(values)]
         median = float(np.median(finite)) if finite.size else 0.0
@@ -221,18 +230,18 @@ def fit_spec(
         means.append(float(filled.mean()) if filled.size else 0.0)
         stds.append(std if std > 1e-12 and math.isfinite(std) else 1.0)
     vocab = []
-    for col in categorical:
+    for col in columns.categorical:
         counts = _as_strings(train[col]).value_counts(dropna=True)
         vocab.append(sorted(str(v) for v in counts[counts >= MIN_CATEGORY_COUNT].index))
     target_mean, target_std = 0.0, 1.0
     if task == "regression":
-        y = pd.to_numeric(train[label], errors="coerce").to_numpy(np.float64)
+        y = pd.to_numeric(train[columns.label], errors="coerce").to_numpy(np.float64)
         target_mean = float(np.nanmean(y))
         target_std = float(np.nanstd(y)) or 1.0
     return TabularSpec(
-        numeric=list(numeric),
-        categorical=list(categorical),
-        label=label,
+        numeric=list(columns.numeric),
+        categorical=list(columns.categorical),
+        label=columns.label,
         task=task,
         classes=class_list,
         medians=medians,
@@ -1199,26 +1208,15 @@ class TorchExecutorResource(ConfigurableResource):
         self,
         train: pd.DataFrame,
         holdout: pd.DataFrame,
+        columns: TabularColumns,
         *,
-        numeric: list[str],
-        categorical: list[str],
-        label: str,
-        task: str,
-        classes: list[str] | None,
         seed: int,
         precision: str,
     ) -> tuple[TabularSpec, TrainSettings, list[tuple[np.ndarray, ...]], str]:
         """Preprocessing spec, settings, encoded arrays and the checkpoint fingerprint."""
         self._validate()
         spec = fit_spec(
-            train,
-            numeric=numeric,
-            categorical=categorical,
-            label=label,
-            task=task,
-            classes=classes,
-            hidden_sizes=self.hidden_sizes,
-            embedding_dim=self.embedding_dim,
+            train, columns, hidden_sizes=self.hidden_sizes, embedding_dim=self.embedding_dim
         )
         settings = TrainSettings(
             seed=int(seed),
@@ -1231,7 +1229,8 @@ class TorchExecutorResource(ConfigurableResource):
             deadline=time.time() + self.timeout_seconds,
         )
         arrays = [
-            (*spec.encode_features(f), spec.encode_target(f[label])) for f in (train, holdout)
+            (*spec.encode_features(f), spec.encode_target(f[columns.label]))
+            for f in (train, holdout)
         ]
         return spec, settings, arrays, run_fingerprint(spec, settings, arrays)
 
@@ -1239,12 +1238,8 @@ class TorchExecutorResource(ConfigurableResource):
         self,
         train: pd.DataFrame,
         holdout: pd.DataFrame,
+        columns: TabularColumns,
         *,
-        numeric: list[str],
-        categorical: list[str],
-        label: str,
-        task: str,
-        classes: list[str] | None,
         seed: int,
         checkpoint_dir: Path,
         log: logging.Logger,
@@ -1262,22 +1257,14 @@ class TorchExecutorResource(ConfigurableResource):
         """
         device, precision = self.resolve(log)
         spec, settings, arrays, fingerprint = self._plan(
-            train,
-            holdout,
-            numeric=numeric,
-            categorical=categorical,
-            label=label,
-            task=task,
-            classes=classes,
-            seed=seed,
-            precision=precision,
+            train, holdout, columns, seed=seed, precision=precision
         )
         checkpoint_dir = Path(checkpoint_dir)
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
         log.info(
             "torch executor: task=%s device=%s precision=%s nproc_per_node=%d train_rows=%d "
             "holdout_rows=%d features=%d checkpoint=%s",
-            task,
+            columns.task,
             device,
             precision,
             self.nproc_per_node,
@@ -1331,12 +1318,8 @@ class TorchExecutorResource(ConfigurableResource):
         self,
         train: pd.DataFrame,
         holdout: pd.DataFrame,
+        columns: TabularColumns,
         *,
-        numeric: list[str],
-        categorical: list[str],
-        label: str,
-        task: str,
-        classes: list[str] | None,
         seed: int,
         checkpoint_dir: Path,
         device_type: str = "cuda",
@@ -1348,17 +1331,8 @@ class TorchExecutorResource(ConfigurableResource):
         model back with ``collect_job_result(job_path, ...)``. ``precision`` is resolved by
         the worker on the remote host (its device decides what is supported).
         """
-        precision = self.precision
         spec, settings, _, fingerprint = self._plan(
-            train,
-            holdout,
-            numeric=numeric,
-            categorical=categorical,
-            label=label,
-            task=task,
-            classes=classes,
-            seed=seed,
-            precision=precision,
+            train, holdout, columns, seed=seed, precision=self.precision
         )
         return _write_ddp_job(
             spec,

@@ -14,6 +14,7 @@ import pytest
 from dagster import AssetExecutionContext, DagsterInstance, MaterializeResult, asset, materialize
 
 from mlops_resources.torch_executor import (
+    TabularColumns,
     TorchExecutorResource,
     TorchTabularModel,
     collect_job_result,
@@ -77,10 +78,9 @@ def fit_binary(
     return resource.fit(
         train,
         holdout,
-        **FEATURES,
-        label="label",
-        task="binary_classification",
-        classes=["stay", "churn"],
+        TabularColumns(
+            **FEATURES, label="label", task="binary_classification", classes=["stay", "churn"]
+        ),
         seed=seed,
         checkpoint_dir=checkpoint_dir,
         log=LOG,
@@ -153,10 +153,7 @@ def test_regression_and_multiclass_smoke(tmp_path: Path) -> None:
     reg = resource.fit(
         train,
         holdout,
-        **FEATURES,
-        label="target",
-        task="regression",
-        classes=None,
+        TabularColumns(**FEATURES, label="target", task="regression", classes=None),
         seed=1,
         checkpoint_dir=tmp_path / "reg",
         log=LOG,
@@ -171,10 +168,9 @@ def test_regression_and_multiclass_smoke(tmp_path: Path) -> None:
     multi = resource.fit(
         train,
         holdout,
-        **FEATURES,
-        label="kind",
-        task="multiclass_classification",
-        classes=["lo", "mid", "hi"],
+        TabularColumns(
+            **FEATURES, label="kind", task="multiclass_classification", classes=["lo", "mid", "hi"]
+        ),
         seed=1,
         checkpoint_dir=tmp_path / "multi",
         log=LOG,
@@ -189,10 +185,9 @@ def test_regression_and_multiclass_smoke(tmp_path: Path) -> None:
         resource.fit(
             train,
             holdout,
-            **FEATURES,
-            label="kind",
-            task="multiclass_classification",
-            classes=["lo", "mid"],
+            TabularColumns(
+                **FEATURES, label="kind", task="multiclass_classification", classes=["lo", "mid"]
+            ),
             seed=1,
             checkpoint_dir=tmp_path / "bad",
             log=LOG,
@@ -261,10 +256,9 @@ def test_ddp_two_gloo_processes_through_pipes(tmp_path: Path) -> None:
         model = torch_executor.fit(
             train,
             holdout,
-            **FEATURES,
-            label="label",
-            task="binary_classification",
-            classes=["stay", "churn"],
+            TabularColumns(
+                **FEATURES, label="label", task="binary_classification", classes=["stay", "churn"]
+            ),
             seed=7,
             checkpoint_dir=tmp_path / "ddp",
             log=context.log,
@@ -436,10 +430,9 @@ def test_remote_gpu_launch_configs(tmp_path: Path) -> None:
     job_path = TorchExecutorResource(precision="bf16").prepare_remote_job(
         train,
         holdout,
-        **FEATURES,
-        label="label",
-        task="binary_classification",
-        classes=["stay", "churn"],
+        TabularColumns(
+            **FEATURES, label="label", task="binary_classification", classes=["stay", "churn"]
+        ),
         seed=1,
         checkpoint_dir=tmp_path / "shared",
     )
