@@ -900,26 +900,24 @@ def reproduce_version(
 
 
 def retrain(spec: PipelineSpec, training_set: Frame, torch_settings: dict[str, Any] | None) -> Any:
-    """Fit the spec's model kind again on the training set's train rows, as candidate_model
-    did; torch_mlp with the recorded executor settings, from an empty checkpoint folder."""
+    """Fit the spec's model kind again as candidate_model did; torch_mlp with the recorded
+    executor settings, from an empty checkpoint folder."""
     import logging
 
-    from mlops_assets.training import TORCH_KIND, build_estimator, fit_torch, split
-
-    if spec.model.kind != TORCH_KIND:
-        return build_estimator(spec).fit(*split(training_set, spec, "train"))
+    from mlops_assets.training import TORCH_KIND, train_model
     from mlops_resources.torch_executor import TorchExecutorResource
 
     executor = TorchExecutorResource(**(torch_settings or {}))
-    try:
-        executor.resolve()
-    except RuntimeError as exc:  # e.g. trained on cuda, and this machine has no GPU
-        raise ReproduceError(
-            f"{spec.model_name} was trained on {executor.device}: reproduce it on a machine "
-            f"that has one ({exc})"
-        ) from exc
+    if spec.model.kind == TORCH_KIND:
+        try:
+            executor.resolve()
+        except RuntimeError as exc:  # e.g. trained on cuda, and this machine has no GPU
+            raise ReproduceError(
+                f"{spec.model_name} was trained on {executor.device}: reproduce it on a "
+                f"machine that has one ({exc})"
+            ) from exc
     with tempfile.TemporaryDirectory() as checkpoints:
-        return fit_torch(
+        return train_model(
             spec,
             training_set,
             executor,

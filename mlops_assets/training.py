@@ -208,30 +208,6 @@ def load_model_version(name: str, version: str) -> Any:
 
 def train_model(
     spec: PipelineSpec,
-    context: AssetExecutionContext,
-    training_set: Frame,
-    torch_executor: TorchExecutorResource,
-) -> Any:
-    """Fit the spec's model kind; call inside an active MLflow run (torch logs per epoch)."""
-    X_train, y_train = split(training_set, spec, "train")
-    context.log.info(f"training {spec.model.kind} on {len(X_train)} rows")
-    if spec.model.kind != TORCH_KIND:
-        return build_estimator(spec).fit(X_train, y_train)
-    import mlflow as mlflow_api
-
-    return fit_torch(
-        spec,
-        training_set,
-        torch_executor,
-        checkpoint_dir=mlops_home() / "checkpoints" / spec.name / context.partition_key,
-        log=context.log,
-        log_metric=lambda name, value, step: mlflow_api.log_metric(name, value, step=step),
-        pipes_context=context,
-    )
-
-
-def fit_torch(
-    spec: PipelineSpec,
     training_set: Frame,
     torch_executor: TorchExecutorResource,
     *,
@@ -240,8 +216,13 @@ def fit_torch(
     log_metric: "MetricLogger",
     pipes_context: AssetExecutionContext | None = None,
 ) -> Any:
-    """Train the spec's torch_mlp on the training set's train rows, early stopping on its
-    holdout rows (candidate_model and `reproduce` both train through here)."""
+    """Fit the spec's model kind on the training set's train rows; torch_mlp stops early on its
+    holdout rows, checkpoints to `checkpoint_dir` and reports each epoch to `log_metric`
+    (candidate_model and `reproduce` both train through here)."""
+    X_train, y_train = split(training_set, spec, "train")
+    log.info(f"training {spec.model.kind} on {len(X_train)} rows")
+    if spec.model.kind != TORCH_KIND:
+        return build_estimator(spec).fit(X_train, y_train)
     columns = [*spec.feature_names, spec.label]
     return torch_executor.fit(
         training_set.loc[training_set[SPLIT_COLUMN] == "train", columns],
@@ -340,7 +321,15 @@ def build_candidate_model(spec: PipelineSpec) -> AssetsDefinition:
             run_name=f"{spec.name}-{context.partition_key}",
             tags={"dagster.run_id": context.run_id, "dagster.partition": context.partition_key},
         ) as run:
-            model = train_model(spec, context, training_set, torch_executor)
+            model = train_model(
+                spec,
+                training_set,
+                torch_executor,
+                checkpoint_dir=mlops_home() / "checkpoints" / spec.name / context.partition_key,
+                log=context.log,
+                log_metric=lambda name, value, step: mlflow_api.log_metric(name, value, step=step),
+                pipes_context=context,
+            )
             metrics = evaluate(model, X_hold, y_hold, spec)
             context.log.info(f"holdout metrics: {metrics}")
             device = torch_executor.device_info() if spec.model.kind == TORCH_KIND else {}
