@@ -4,6 +4,8 @@ import contextlib
 import io
 import json
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -16,6 +18,8 @@ from mlops_assets.spec import DEMO_SPEC_PATH
 from mlops_resources.storage import disable_telemetry
 
 disable_telemetry()
+
+REPO = Path(__file__).resolve().parents[1]
 
 TEST_ROWS_PER_DAY = 400
 TEST_WINDOW_DAYS = 6
@@ -36,6 +40,26 @@ def run_cli(*args: str) -> tuple[int, str]:
     with contextlib.redirect_stdout(out):
         code = main(list(args))
     return code, out.getvalue()
+
+
+def race_scripts(script: str, argvs: list[list[str]], timeout: float) -> list:
+    """Run `python -c script` once per argv, all at once, from the repository root; each must
+    exit 0 and print JSON on its last line, which is returned (one value per argv, in order)."""
+    racers = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, *argv],
+            cwd=REPO,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for argv in argvs
+    ]
+    outputs = [racer.communicate(timeout=timeout) for racer in racers]
+    for racer, (_, stderr) in zip(racers, outputs, strict=True):
+        assert racer.returncode == 0, stderr[-3000:]
+    return [json.loads(stdout.strip().splitlines()[-1]) for stdout, _ in outputs]
 
 
 def write_spec(path: Path, **overrides: object) -> Path:

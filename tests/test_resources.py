@@ -1,11 +1,7 @@
 """Each resource against the real library: Great Expectations, MLflow, Feast."""
 
-import json
-import subprocess
-import sys
 import time
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -14,6 +10,7 @@ from mlops_resources import mlflow_tracking
 from mlops_resources.feast_store import FeastResource
 from mlops_resources.mlflow_tracking import MLflowResource, PromotionConflict
 from mlops_resources.validation import ExpectationConfig, GreatExpectationsResource
+from tests.conftest import race_scripts
 
 
 def test_gx_reports_counts_and_samples_per_failed_rule():
@@ -113,20 +110,12 @@ def test_move_champion_is_atomic_across_processes(home, tmp_path):
         for _ in range(2):
             client.create_model_version(f"race_{i}", source=str(tmp_path), run_id=None)
     start = time.time() + 20  # both interpreters have imported MLflow by then
-    racers = [
-        subprocess.Popen(
-            [sys.executable, "-c", RACER, version, str(start), str(rounds), str(gap)],
-            cwd=Path(__file__).resolve().parents[1],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
+    won = [
+        set(result)
+        for result in race_scripts(
+            RACER, [[version, str(start), str(rounds), str(gap)] for version in ("1", "2")], 180
         )
-        for version in ("1", "2")
     ]
-    outputs = [racer.communicate(timeout=180) for racer in racers]
-    for racer, (_, stderr) in zip(racers, outputs, strict=True):
-        assert racer.returncode == 0, stderr[-3000:]
-    won = [set(json.loads(stdout.strip().splitlines()[-1])) for stdout, _ in outputs]
     assert won[0].isdisjoint(won[1]) and won[0] | won[1] == set(range(rounds)), won
     for i in range(rounds):
         assert MLflowResource().champion(f"race_{i}") == ("1" if i in won[0] else "2")

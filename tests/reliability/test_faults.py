@@ -30,6 +30,7 @@ from mlops_assets.spec import load_spec
 from mlops_assets.training import load_model_version
 from mlops_resources.feast_store import FeastResource
 from mlops_resources.mlflow_tracking import CHAMPION_ALIAS, MLflowResource
+from tests.conftest import race_scripts
 from tests.reliability.conftest import TrainedState
 from tests.reliability.kill_target import lifecycle_job
 
@@ -230,21 +231,8 @@ def test_two_racing_promotions_exactly_one_wins(
     mlflow.client().delete_registered_model_alias(name, CHAMPION_ALIAS)
     instance = DagsterInstance.get()
     try:
-        racers = [
-            subprocess.Popen(
-                [sys.executable, "-c", RACE_SCRIPT, day.isoformat()],
-                cwd=ROOT,
-                env={**os.environ, "PYTHONPATH": str(ROOT)},
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-            for day in (state.trained_day, state.trained_day - timedelta(days=1))
-        ]
-        outputs = [racer.communicate(timeout=600) for racer in racers]
-        for racer, (_, stderr) in zip(racers, outputs, strict=True):
-            assert racer.returncode == 0, stderr[-3000:]
-        reports = [json.loads(stdout.strip().splitlines()[-1]) for stdout, _ in outputs]
+        days = (state.trained_day, state.trained_day - timedelta(days=1))
+        reports = race_scripts(RACE_SCRIPT, [[day.isoformat()] for day in days], 600)
         verdicts = [report["verdict"] for report in reports]
         assert verdicts[0]["version"] != verdicts[1]["version"], verdicts
         winners = [v for v in verdicts if v["champion_moved"]]
