@@ -9,6 +9,8 @@ export GX_ANALYTICS_ENABLED ?= false
 export FEAST_USAGE ?= False
 export MLFLOW_DISABLE_TELEMETRY ?= true
 export DO_NOT_TRACK ?= 1
+# Never unpickle a model artifact (the suite loads skops and torch weights itself).
+export MLFLOW_ALLOW_PICKLE_DESERIALIZATION := false
 
 .PHONY: install demo dev test test-integration lint mlflow-ui clean
 

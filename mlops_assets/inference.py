@@ -7,9 +7,14 @@ from mlops_assets.data import daily_partitions
 from mlops_assets.features import feature_refs
 from mlops_assets.frames import Frame
 from mlops_assets.spec import PipelineSpec
-from mlops_assets.training import load_model_version, positive_class
+from mlops_assets.training import positive_class
 from mlops_resources.feast_store import FeastResource
-from mlops_resources.mlflow_tracking import CHALLENGER_ALIAS, MLflowResource
+from mlops_resources.mlflow_tracking import (
+    CHALLENGER_ALIAS,
+    MLFLOW_RETRY_POLICY,
+    MLflowResource,
+)
+from mlops_resources.model_loading import load_registered_model
 
 SHADOW_TAG = "mlops.shadow_partitions"
 
@@ -69,7 +74,7 @@ def shadow_score(
     challenger = mlflow.alias_version(name, CHALLENGER_ALIAS)
     if challenger is None:
         return None, {}
-    output = score(load_model_version(name, challenger), X, spec)
+    output = score(load_registered_model(name, challenger), X, spec)
     comparison = shadow_comparison(champion_output, output, spec)
     scored = {p for p in mlflow.version_tags(name, challenger).get(SHADOW_TAG, "").split(",") if p}
     scored.add(context.partition_key)
@@ -93,6 +98,7 @@ def build_batch_predictions(spec: PipelineSpec) -> AssetsDefinition:
         "registry by alias), with features read through Feast; a challenger, while one exists, "
         "is scored beside it (shadow). Not materialized while no champion exists.",
         kinds={"mlflow", "feast", "pandas"},
+        retry_policy=MLFLOW_RETRY_POLICY,
     )
     def batch_predictions(
         context: AssetExecutionContext,
@@ -108,7 +114,7 @@ def build_batch_predictions(spec: PipelineSpec) -> AssetsDefinition:
             return
         entities = validated_data[[spec.entity_key, spec.timestamp]]
         rows = feast.historical_features(entities, feature_refs(spec))
-        model = load_model_version(spec.model_name, champion)
+        model = load_registered_model(spec.model_name, champion)
         X = rows[spec.feature_names]
         output = score(model, X, spec)
         import pandas as pd

@@ -27,10 +27,10 @@ from mlops_assets.training import (
     REFERENCE_ARTIFACT_DIR,
     REFERENCE_FILE,
     evaluate,
-    load_model_version,
 )
 from mlops_resources.drift_detection import DriftTest, EvidentlyResource
-from mlops_resources.mlflow_tracking import MLflowResource
+from mlops_resources.mlflow_tracking import MLFLOW_RETRY_POLICY, MLflowResource
+from mlops_resources.model_loading import load_registered_model
 from mlops_resources.storage import ReportStoreResource
 
 DRIFT_CHECK = "drift_share_below_threshold"
@@ -226,6 +226,7 @@ def build_model_performance(spec: PipelineSpec) -> AssetsDefinition:
             ),
         ],
         kinds={"mlflow", "scikit-learn"},
+        retry_policy=MLFLOW_RETRY_POLICY,
     )
     def model_performance(
         context: AssetExecutionContext, mlflow: MLflowResource, validated_data: Frame
@@ -236,7 +237,7 @@ def build_model_performance(spec: PipelineSpec) -> AssetsDefinition:
             context.log.warning(f"no champion for {name}: nothing to evaluate")
             return
         X, y = validated_data[spec.feature_names], validated_data[spec.label]
-        live = evaluate(load_model_version(name, champion), X, y, spec)
+        live = evaluate(load_registered_model(name, champion), X, y, spec)
         holdout = {
             k.removeprefix("holdout_"): v
             for k, v in mlflow.run_metrics(mlflow.version_run_id(name, champion)).items()
@@ -249,7 +250,7 @@ def build_model_performance(spec: PipelineSpec) -> AssetsDefinition:
         degraded = sorted(m for m, d in degradation.items() if d > performance.max_degradation[m])
         replaced = mlflow.version_tags(name, champion).get(REPLACED_TAG, "none")
         previous = (
-            evaluate(load_model_version(name, replaced), X, y, spec)
+            evaluate(load_registered_model(name, replaced), X, y, spec)
             if replaced != "none" and performance.rollback_margin
             else {}
         )

@@ -27,13 +27,14 @@ from mlops_assets.governance import gate_rules, publish_model_card, record_audit
 from mlops_assets.inference import SHADOW_TAG
 from mlops_assets.markdown import markdown_table
 from mlops_assets.spec import METRICS_BY_TASK, GateSpec, PipelineSpec, metric_gain
-from mlops_assets.training import evaluate, load_model_version, split
+from mlops_assets.training import evaluate, split
 from mlops_resources.mlflow_tracking import (
     CHALLENGER_ALIAS,
     MLFLOW_RETRY_POLICY,
     MLflowResource,
     PromotionConflict,
 )
+from mlops_resources.model_loading import load_registered_model
 
 GATE_CHECK = "promotion_gate"
 MAX_PROMOTION_ATTEMPTS = 3
@@ -217,7 +218,7 @@ def build_model_promotion(spec: PipelineSpec) -> AssetsDefinition:
                 blessing = Blessing(True, version, f"v{version} is already the champion")
                 break
             champion_model = (
-                load_model_version(name, champion_version) if champion_version else None
+                load_registered_model(name, champion_version) if champion_version else None
             )
             champion_metrics = (
                 evaluate(champion_model, X_hold, y_hold, spec)

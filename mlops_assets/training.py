@@ -25,6 +25,7 @@ from mlops_assets.governance import (
 )
 from mlops_assets.spec import PREDICTION_COLUMN, PipelineSpec, Task
 from mlops_resources.mlflow_tracking import MLFLOW_RETRY_POLICY, MLflowResource
+from mlops_resources.model_loading import load_registered_model
 from mlops_resources.storage import mlops_home
 from mlops_resources.torch_executor import TabularColumns, TorchExecutorResource, k8s_gpu_tags
 
@@ -187,23 +188,6 @@ def log_reference(model: Any, spec: PipelineSpec, X_train: Frame) -> None:
 def split(df: Frame, spec: PipelineSpec, part: str) -> "tuple[Frame, pd.Series]":
     rows = df[df[SPLIT_COLUMN] == part]
     return rows[spec.feature_names], rows[spec.label]
-
-
-def load_model_version(name: str, version: str) -> Any:
-    """Load a registered version in its native flavor, never by unpickling: skops for
-    scikit-learn, a weights-only state_dict for torch."""
-    import mlflow.models
-    import mlflow.sklearn
-
-    uri = f"models:/{name}/{version}"
-    flavors = mlflow.models.get_model_info(uri).flavors
-    if "sklearn" in flavors:
-        return mlflow.sklearn.load_model(uri)
-    if "pytorch" in flavors:
-        from mlops_resources.torch_executor import load_torch_model
-
-        return load_torch_model(uri)
-    raise ValueError(f"{uri}: unsupported model flavors {sorted(flavors)}")
 
 
 def train_model(
@@ -374,7 +358,7 @@ def build_candidate_model(spec: PipelineSpec) -> AssetsDefinition:
                 **lineage_tags(report),
             },
         )
-        reloaded = load_model_version(spec.model_name, version)
+        reloaded = load_registered_model(spec.model_name, version)
         sample = X_hold.head(20)
         predictions = reloaded.predict(sample)
         loads = len(predictions) == len(sample)

@@ -134,14 +134,19 @@ class MLflowResource(ConfigurableResource):
         return self.alias_version(name, CHAMPION_ALIAS)
 
     def alias_version(self, name: str, alias: str) -> str | None:
-        """The version number `alias` points at (a string), or None."""
+        """The version number `alias` points at (a string), or None when the registered model
+        or the alias does not exist. Fail closed: any other registry error (an outage, a
+        corrupted store) raises, so it is never read as "no champion"."""
         from mlflow.exceptions import MlflowException
 
         try:
-            version = self.client().get_model_version_by_alias(name, alias)
-        except MlflowException:
-            return None
-        return str(version.version)
+            model = self.client().get_registered_model(name)
+        except MlflowException as exc:
+            if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+                return None
+            raise
+        version = dict(model.aliases or {}).get(alias)
+        return None if version is None else str(version)
 
     def set_alias(self, name: str, alias: str, version: str | int) -> None:
         self.client().set_registered_model_alias(name, alias, str(version))
@@ -224,10 +229,11 @@ class MLflowResource(ConfigurableResource):
             self.client().set_registered_model_alias(name, CHAMPION_ALIAS, str(version))
 
     def load_model(self, model_uri: str) -> Any:
-        """Load a model as a pyfunc."""
-        import mlflow.pyfunc
+        """Load a model in the format the suite wrote (skops or torch weights), never a pickle."""
+        from mlops_resources.model_loading import load_model_uri
 
-        return mlflow.pyfunc.load_model(model_uri)
+        self._point_fluent_api()
+        return load_model_uri(model_uri)
 
 
 def release_lease(client: MlflowClient, lock: str, owner: str) -> None:

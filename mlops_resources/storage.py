@@ -36,10 +36,17 @@ S3_SECRET_ENV = {
 }
 
 
+# Forced in every process the suite runs in, whatever the environment says: MLflow must never
+# unpickle a model artifact (the suite loads its own formats; see model_loading.py).
+FORCED_ENV = {"MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "false"}
+
+
 def disable_telemetry() -> None:
-    """Keep the libraries from phoning home or writing outside MLOPS_HOME (user may override)."""
+    """Keep the libraries from phoning home or writing outside MLOPS_HOME (user may override),
+    and switch MLflow's pickle deserialization off (user may not)."""
     for key, value in TELEMETRY_OFF.items():
         os.environ.setdefault(key, value)
+    os.environ.update(FORCED_ENV)
 
 
 def mlops_home() -> Path:

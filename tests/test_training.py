@@ -9,8 +9,8 @@ from dagster import materialize
 
 from mlops_assets.pipeline import build_assets, default_resources
 from mlops_assets.spec import load_spec
-from mlops_assets.training import load_model_version
 from mlops_resources.mlflow_tracking import CHAMPION_ALIAS, MLflowResource
+from mlops_resources.model_loading import load_registered_model
 from mlops_resources.torch_executor import TorchExecutorResource
 from tests.conftest import run_cli, write_spec
 
@@ -43,7 +43,7 @@ def test_torch_mlp_candidate_is_logged_loaded_and_gated(lifecycle, tmp_path):
     assert run.data.params["device"] == "cpu"
     history = mlflow.client().get_metric_history(candidate["run_id"], "holdout_loss")
     assert [m.step for m in history] == sorted(m.step for m in history) and len(history) >= 1
-    model = load_model_version(spec.model_name, candidate["version"])
+    model = load_registered_model(spec.model_name, candidate["version"])
     assert model.predict_proba(lifecycle_rows(lifecycle, spec)).shape[1] == 2
     assert verdict["baseline_version"] == champion
     assert "compared with champion" in verdict["message"]

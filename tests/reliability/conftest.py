@@ -117,4 +117,10 @@ def in_trained(trained: TrainedState, monkeypatch: pytest.MonkeyPatch) -> Traine
     for key, value in trained.env.items():
         monkeypatch.setenv(key, value)
     monkeypatch.delenv("MLOPS_CONFIG", raising=False)
+    import mlflow
+
+    # MLflow's fluent API is process-wide: undo a previous test's store (an outage, say).
+    uri = MLflowResource().resolved_tracking_uri
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
     return trained

@@ -27,9 +27,9 @@ from dagster import (
 from mlops_assets.features import feature_refs
 from mlops_assets.pipeline import LIFECYCLE_JOB, build_definitions
 from mlops_assets.spec import load_spec
-from mlops_assets.training import load_model_version
 from mlops_resources.feast_store import FeastResource
 from mlops_resources.mlflow_tracking import CHAMPION_ALIAS, MLflowResource
+from mlops_resources.model_loading import load_registered_model
 from tests.conftest import race_scripts
 from tests.reliability.conftest import TrainedState
 from tests.reliability.kill_target import lifecycle_job
@@ -183,7 +183,7 @@ def test_unwritable_or_full_artifact_store_keeps_previous_artifacts(
         assert reason in failure.step_failure_data.error.to_string()
         assert state.fingerprint() == before
         champion = MLflowResource().champion(state.spec.model_name)
-        assert load_model_version(state.spec.model_name, champion) is not None
+        assert load_registered_model(state.spec.model_name, champion) is not None
     finally:
         if make_store is full_artifacts:
             subprocess.run(["umount", str(tmp_path / "tiny_fs")], check=False)

@@ -12,8 +12,8 @@ from dagster._core.errors import DagsterUnknownPartitionError
 from mlops_assets.data import DATA_ROOTS_VAR, partition_day
 from mlops_assets.pipeline import LIFECYCLE_JOB, build_definitions
 from mlops_assets.spec import load_spec
-from mlops_assets.training import load_model_version
 from mlops_resources.mlflow_tracking import MLflowResource
+from mlops_resources.model_loading import load_registered_model
 from tests.reliability.conftest import TrainedState
 
 
@@ -58,11 +58,11 @@ def test_tampered_sklearn_artifact_is_refused_without_running_it(
     tampered = client.create_model_version("tampered_model", folder.as_uri())
 
     with pytest.raises(Exception) as refused:
-        load_model_version("tampered_model", str(tampered.version))
+        load_registered_model("tampered_model", str(tampered.version))
     assert not marker.exists(), "the tampered artifact ran code while loading"
     assert "untrusted" in str(refused.value).lower() or "zip" in str(refused.value).lower()
     client.delete_registered_model("tampered_model")
-    assert load_model_version(in_trained.spec.model_name, "1") is not None  # the real one loads
+    assert load_registered_model(in_trained.spec.model_name, "1") is not None  # the real one loads
 
 
 def test_tampered_torch_weights_are_refused_without_running_them(tmp_path: Path):
