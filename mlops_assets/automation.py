@@ -190,7 +190,7 @@ def build_drift_sensor(spec: PipelineSpec, retrain_job: Any, rollback_job: Any) 
             after = max(after, record.storage_id)
             request, decision = decide_on(record, spec, last_retrain)
             decisions.append(decision)
-            if request is not None:
+            if request is not None and request.run_key not in {r.run_key for r in requests}:
                 context.log.info(decision)
                 requests.append(request)
                 if request.job_name == RETRAIN_JOB:
@@ -229,9 +229,16 @@ def decide_on(
         )
         return (
             RunRequest(
-                run_key=f"{ROLLBACK_JOB}:{partition}:from-v{version}",
+                # One rollback per champion version, whatever the number of days behind it.
+                run_key=f"{ROLLBACK_JOB}:from-v{version}",
                 job_name=ROLLBACK_JOB,
-                run_config={"ops": {"rollback_champion": {"config": {"reason": reason}}}},
+                run_config={
+                    "ops": {
+                        "rollback_champion": {
+                            "config": {"reason": reason, "from_version": str(version)}
+                        }
+                    }
+                },
                 tags={TRIGGER_TAG: reason[:255]},
             ),
             f"rollback requested: {reason}",

@@ -20,6 +20,7 @@ from dagster import (
     job,
     op,
 )
+from pydantic import Field
 
 from mlops_assets.data import daily_partitions
 from mlops_assets.frames import Frame
@@ -315,10 +316,15 @@ def build_model_promotion(spec: PipelineSpec) -> AssetsDefinition:
 
 
 class RollbackConfig(Config):
-    """Why the champion is rolled back, and optionally to which version."""
+    """Why the champion is rolled back, optionally to which version, and from which one."""
 
     reason: str
     to_version: str = ""
+    from_version: str = Field(
+        default="",
+        description="Compare-and-set: roll back only while this version is the champion; "
+        "otherwise the run does nothing and records why (the sensor always sets it).",
+    )
 
 
 def rollback_target(mlflow: MLflowResource, name: str, current: str, to_version: str) -> str:
@@ -349,6 +355,14 @@ def build_rollback_job(spec: PipelineSpec) -> Any:
         if not config.reason.strip():
             raise Failure("a rollback needs a reason")
         current = mlflow.champion(name)
+        if config.from_version and current != config.from_version:
+            skipped = (
+                f"skipped: the rollback was requested from v{config.from_version}, but the "
+                f"champion of {name} is now {f'v{current}' if current else 'none'}"
+            )
+            context.log.info(skipped)
+            context.add_output_metadata({"skipped": True, "message": skipped, "model": name})
+            return {"skipped": "true", "message": skipped, "from_version": config.from_version}
         if current is None:
             raise Failure(f"{name} has no champion: nothing to roll back")
         target = rollback_target(mlflow, name, current, config.to_version)

@@ -237,6 +237,35 @@ def test_rollback_restores_previous_champion_and_predictions_use_it(lifecycle, t
         mlflow.set_alias(name, "champion", previous)
 
 
+def test_two_rollback_requests_for_one_champion_move_the_alias_once(lifecycle, tmp_path):
+    """Compare-and-set on the version rolled back from: the second request finds the champion
+    moved and records why instead of rolling back again (to the first model)."""
+    spec, mlflow = lifecycle["spec"], MLflowResource()
+    name = spec.model_name
+    previous = mlflow.champion(name)
+    last = lifecycle["summary"]["days"][-1]["day"]
+    assert run_job(permissive_spec(lifecycle, tmp_path / "p.yaml", 0), RETRAIN_JOB, last).success
+    regressed = mlflow.champion(name)
+    assert regressed != previous
+    config = {"reason": "worse on labelled data", "from_version": regressed}
+    try:
+        records = []
+        for _ in range(2):
+            result = run_job(
+                lifecycle["spec_path"],
+                "rollback",
+                run_config={"ops": {"rollback_champion": {"config": config}}},
+            )
+            assert result.success
+            records.append(result.output_for_node("rollback_champion"))
+        assert records[0]["to_version"] == previous
+        assert records[1]["skipped"] == "true"
+        assert f"champion of {name} is now v{previous}" in records[1]["message"]
+        assert mlflow.champion(name) == previous
+    finally:
+        mlflow.set_alias(name, "champion", previous)
+
+
 def test_shadow_period_scores_the_challenger_before_promotion(lifecycle, tmp_path):
     mlflow = MLflowResource()
     name = lifecycle["spec"].model_name
@@ -277,25 +306,27 @@ def test_drift_sensor_requests_rollback_once_when_the_champion_regressed(lifecyc
     defs = build_definitions(lifecycle["spec"])
     sensor = defs.resolve_sensor_def(DRIFT_SENSOR)
     with instance_for_test() as instance:
-        instance.report_runless_asset_event(
-            AssetMaterialization(
-                asset_key="model_performance",
-                partition="2024-03-01",
-                metadata={
-                    "model_version": "7",
-                    "replaced_version": "6",
-                    "degraded": True,
-                    "degraded_metrics": ["roc_auc"],
-                    "rollback_recommended": True,
-                },
+        for day in ("2024-03-01", "2024-03-02"):  # two days recommend it: still one request
+            instance.report_runless_asset_event(
+                AssetMaterialization(
+                    asset_key="model_performance",
+                    partition=day,
+                    metadata={
+                        "model_version": "7",
+                        "replaced_version": "6",
+                        "degraded": True,
+                        "degraded_metrics": ["roc_auc"],
+                        "rollback_recommended": True,
+                    },
+                )
             )
-        )
         first = tick(sensor, instance, defs)
         [request] = first.run_requests
         assert request.job_name == "rollback"
-        assert request.run_key == "rollback:2024-03-01:from-v7"
-        reason = request.run_config["ops"]["rollback_champion"]["config"]["reason"]
-        assert "v7 is worse than the version it replaced (v6)" in reason
+        assert request.run_key == "rollback:from-v7"
+        config = request.run_config["ops"]["rollback_champion"]["config"]
+        assert config["from_version"] == "7"
+        assert "v7 is worse than the version it replaced (v6)" in config["reason"]
         assert not tick(sensor, instance, defs, first.cursor).run_requests
         assert tick(sensor, instance, defs).run_requests[0].run_key == request.run_key
 
