@@ -1,11 +1,11 @@
 """The per-process entry point torchrun starts for DDP training (Dagster Pipes client side).
 
-    python -m torch.distributed.run --nproc-per-node N -m mlops_resources.torch_ddp_worker \
-        --job <checkpoint_dir>/ddp/job.json
+    python -m torch.distributed.run --nproc-per-node N \
+        -m mlops_resources.torch_executor.ddp_worker --job <checkpoint_dir>/ddp/job.json
 
 Rank 0 opens Dagster Pipes when launched through a Pipes client: its log lines stream into the
 Dagster run and every epoch's metrics are reported as a Pipes custom message. Other ranks log
-warnings to stderr only. The training loop itself is ``torch_executor.run_training``.
+warnings to stderr only. The job itself is ``ddp.run_ddp_job``.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch.distributed as dist
     from dagster_pipes import PipesEnvVarParamsLoader, open_dagster_pipes
 
-    from mlops_resources.torch_executor import run_ddp_job
+    from mlops_resources.torch_executor.ddp import run_ddp_job
 
     rank = int(os.environ["RANK"])
     world_size = int(os.environ["WORLD_SIZE"])
