@@ -14,16 +14,19 @@ import os
 import sys
 import time
 from datetime import date, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from dagster import DagsterInstance, Definitions
+from dagster import DagsterEventType, DagsterInstance, Definitions
 
 from mlops_assets.governance import reproduce_command, retire_command
 from mlops_assets.pipeline import INGEST_JOB, LIFECYCLE_JOB, build_definitions
 from mlops_assets.promotion import ROLLBACK_JOB
-from mlops_assets.spec import PipelineSpec, SpecError, load_spec
+from mlops_assets.spec import PipelineSpec, SpecError, check_model_params, load_spec
 from mlops_assets.story import champion_now, run_story, story_days
 from mlops_resources.storage import dagster_home, mlops_home
+
+if TYPE_CHECKING:
+    from dagster_shared.error import SerializableErrorInfo
 
 DAGSTER_YAML = """\
 # Written by mlops_assets on first use: SQLite storage in this folder, no telemetry.
@@ -112,17 +115,61 @@ def summarize_run(result: Any, day: str, job: str, seconds: float) -> dict[str, 
             }
         )
     if not result.success:
-        failures = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
-        summary["failed_steps"] = [
-            {
-                "step": e.step_key,
-                "error": e.event_specific_data.error.message.strip()
-                if e.event_specific_data.error
-                else "",
-            }
-            for e in failures
-        ]
+        summary["failed_steps"] = failed_steps(result.all_events)
     return summary
+
+
+def failed_steps(events: list[Any]) -> list[dict[str, Any]]:
+    """Each failed step with its root cause; a step whose resources failed to start has no
+    STEP_FAILURE (in process), so its RESOURCE_INIT_FAILURE stands for it, and a run that failed
+    without either is reported as step `(run)`."""
+    failures = [e for e in events if e.event_type == DagsterEventType.STEP_FAILURE]
+    failed = {e.step_key for e in failures}
+    failures += [
+        e
+        for e in events
+        if e.event_type == DagsterEventType.RESOURCE_INIT_FAILURE and e.step_key not in failed
+    ]
+    if not failures:
+        failures = [e for e in events if e.event_type == DagsterEventType.RUN_FAILURE][:1]
+    return [step_failure(e) for e in failures]
+
+
+# Dagster wraps the step's own error as the cause of its exceptions: classes named Dagster*
+# ("Error occurred while executing op ...", "Error executing resource_fn ...") and, once the
+# retries are spent, these ("Exceeded max_retries of 2").
+RETRY_WRAPPERS = ("RetryRequestedFromPolicy", "RetryRequested")
+
+
+def error_text(error: "SerializableErrorInfo") -> str:
+    """`Class: message` without the module path; a Failure's own description as written."""
+    message = error.message.strip()
+    if error.cls_name == "Failure":
+        return message.partition(": ")[2] or message
+    head, colon, rest = message.partition(": ")
+    return f"{head.rpartition('.')[2]}{colon}{rest}" if colon and " " not in head else message
+
+
+def step_failure(event: Any) -> dict[str, Any]:
+    """A failed step and its root cause: Dagster's wrappers are passed over to the error the
+    step's code (or a library) raised; the innermost of those, or the first `Failure` (its
+    description is the message written for people). `causes` lists them all, outermost first,
+    when there are several."""
+    error = getattr(event.event_specific_data, "error", None)
+    chain = []
+    while error is not None:
+        chain.append(error)
+        error = error.cause or error.context
+    own = [
+        e
+        for e in chain
+        if not ((e.cls_name or "").startswith("Dagster") or e.cls_name in RETRY_WRAPPERS)
+    ] or chain[-1:]
+    root = next((e for e in own if e.cls_name == "Failure"), own[-1] if own else None)
+    failure = {"step": event.step_key or "(run)", "error": error_text(root) if root else ""}
+    if len(own) > 1:
+        failure["causes"] = [error_text(e) for e in own]
+    return failure
 
 
 STATIONARY_DAYS = 5
@@ -327,6 +374,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["MLOPS_CONFIG"] = str(args.config)
     try:
         spec = load_spec(args.config)
+        check_model_params(spec)
     except SpecError as exc:
         print(exc, file=sys.stderr)
         return 2

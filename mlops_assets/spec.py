@@ -5,7 +5,9 @@ The spec is validated by pydantic; every error names the file, the key and the r
 
 from __future__ import annotations
 
+import difflib
 import os
+import re
 from datetime import date
 from enum import StrEnum
 from itertools import pairwise
@@ -15,7 +17,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from mlops_resources.storage import expand_home
+from mlops_resources.storage import mlops_home
 
 DEMO_SPEC_PATH = Path(__file__).parent / "demo_spec.yaml"
 
@@ -41,22 +43,30 @@ METRIC_RANGES: dict[str, tuple[float, float]] = {
 }
 
 
-def impossible_threshold(gate: GateSpec) -> str | None:
-    """Why a gate threshold could never be met (outside the metric's range), else None."""
+def unusable_threshold(gate: GateSpec) -> str | None:
+    """Why a gate threshold lies outside its metric's range, so that it could never be met or
+    never fail, else None."""
     for metric, bound in gate.value_thresholds.items():
         low, high = METRIC_RANGES[metric]
-        where = f"gate.value_thresholds.{metric}"
-        if bound.min is not None and bound.min > high:
-            return f"{where}: min {bound.min} can never be met ({metric} is at most {high:g})"
-        if bound.max is not None and bound.max < low:
-            return f"{where}: max {bound.max} can never be met ({metric} is at least {low:g})"
+        for side, value in (("min", bound.min), ("max", bound.max)):
+            if value is None or low <= value <= high:
+                continue
+            limit = f"at most {high:g}" if value > high else f"at least {low:g}"
+            effect = "be met" if (side == "min") == (value > high) else "fail"
+            return (
+                f"gate.value_thresholds.{metric}: {side} {value} is outside the range of "
+                f"{metric} ({metric} is {limit}), so it could never {effect}"
+            )
     for metric, change in gate.change_thresholds.items():
         low, high = METRIC_RANGES[metric]
-        if change.min_absolute_change is not None and change.min_absolute_change > high - low:
-            return (
-                f"gate.change_thresholds.{metric}: min_absolute_change {change.min_absolute_change}"
-                f" can never be met ({metric} spans at most {high - low:g})"
-            )
+        value = change.min_absolute_change
+        if value is None or abs(value) <= high - low:
+            continue
+        effect = "be met" if value > 0 else "fail"
+        return (
+            f"gate.change_thresholds.{metric}: min_absolute_change {value} is wider than the "
+            f"range of {metric} (it spans at most {high - low:g}), so it could never {effect}"
+        )
     return None
 
 
@@ -76,7 +86,22 @@ class Task(StrEnum):
 
 
 class StrictModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    """Every spec section: unknown keys are refused and values are not coerced (`"yes"` is not
+    a bool, `"3"` or `3.0` not an int; YAML's own types and an int for a float are accepted).
+    NaN and infinity are refused. Enum and date fields also take their text form
+    (`Field(strict=False)`), as YAML and the recorded JSON spec write them."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+
+
+# `$NAME` or `${NAME}`, as os.path.expandvars reads them.
+PATH_VARIABLE = re.compile(r"\$(\w+|\{[^}]*\})", re.ASCII)
+HOME_VARIABLE = "MLOPS_HOME"
+
+
+def path_variables(path: str) -> list[str]:
+    """The environment variables `path` refers to, in order."""
+    return [match[1].strip("{}") for match in PATH_VARIABLE.finditer(path)]
 
 
 class SourceSpec(StrictModel):
@@ -84,16 +109,50 @@ class SourceSpec(StrictModel):
 
     `path` is a file or glob of CSV/Parquet files. `{date}` in it is replaced by the partition
     date (YYYY-MM-DD), so one file per day is read; without it every matching file is read and
-    rows are kept by event timestamp. Environment variables ($MLOPS_HOME) are expanded and a
-    relative path is taken from the spec file's folder.
+    rows are kept by event timestamp. `$MLOPS_HOME` and the variables named in `path_variables`
+    are expanded (their values appear in logs, events and the UI, so never name a secret); any
+    other `$NAME` is refused. A relative path is taken from the spec file's folder.
     """
 
     path: str
+    path_variables: list[str] = Field(
+        default_factory=list,
+        description="Environment variables expanded in `path` besides MLOPS_HOME.",
+    )
     format: Literal["csv", "parquet"] | None = Field(
         default=None, description="File format; inferred from the extension when omitted."
     )
     csv_delimiter: str = Field(default=",", min_length=1)
     csv_encoding: str = "utf-8"
+
+    @model_validator(mode="after")
+    def _variables_listed(self) -> SourceSpec:
+        allowed = {HOME_VARIABLE, *self.path_variables}
+        unlisted = sorted({f"${n}" for n in path_variables(self.path) if n not in allowed})
+        if unlisted:
+            raise ValueError(
+                f"source.path: {unlisted} would be expanded, but only $MLOPS_HOME and the "
+                "variables named in source.path_variables are (their values appear in logs, "
+                "events and the UI, so never put a secret there)"
+            )
+        return self
+
+    def expanded_path(self, where: str) -> str:
+        """`path` with $MLOPS_HOME (with its default) and the listed variables expanded; a
+        listed variable that is not set is an error naming `where` (the spec file)."""
+
+        def value(match: re.Match[str]) -> str:
+            name = match[1].strip("{}")
+            if name == HOME_VARIABLE:
+                return str(mlops_home())
+            if name not in os.environ:
+                raise SpecError(
+                    f"pipeline spec {where}: source.path: ${name} (in source.path_variables) is "
+                    "not set in the environment"
+                )
+            return os.environ[name]
+
+        return PATH_VARIABLE.sub(value, self.path)
 
 
 class FeatureSpec(StrictModel):
@@ -127,8 +186,10 @@ class ExpectationSpec(StrictModel):
 
 
 class PartitionSpec(StrictModel):
-    start: date
-    end: date | None = Field(default=None, description="Exclusive end; open-ended when omitted.")
+    start: date = Field(strict=False)
+    end: date | None = Field(
+        default=None, strict=False, description="Exclusive end; open-ended when omitted."
+    )
 
     @model_validator(mode="after")
     def _ordered(self) -> PartitionSpec:
@@ -360,7 +421,7 @@ class PipelineSpec(StrictModel):
     entity_key: str
     timestamp: str
     label: str
-    task: Task
+    task: Task = Field(strict=False)
     classes: list[str] | None = Field(
         default=None, description="Known label classes (classification); others fail validation."
     )
@@ -415,9 +476,9 @@ class PipelineSpec(StrictModel):
                     f"gate.value_thresholds.{metric}: {better} is better for {metric}, so give "
                     f"{'min' if known[metric] else 'max'}, not {wrong}"
                 )
-        impossible = impossible_threshold(self.gate)
-        if impossible:
-            raise ValueError(impossible)
+        unusable = unusable_threshold(self.gate)
+        if unusable:
+            raise ValueError(unusable)
         columns = sorted(
             set(self.monitoring.drift.columns) - {*self.feature_names, PREDICTION_COLUMN}
         )
@@ -495,8 +556,8 @@ class PipelineSpec(StrictModel):
         return self.task != Task.regression
 
     def source_pattern(self) -> str:
-        """The source path with environment variables expanded, absolute."""
-        path = Path(expand_home(self.source.path))
+        """The source path with $MLOPS_HOME and source.path_variables expanded, absolute."""
+        path = Path(self.source.expanded_path(str(self.spec_path)))
         base = self.spec_path.parent if self.spec_path else Path.cwd()
         return str(path if path.is_absolute() else base / path)
 
@@ -516,13 +577,80 @@ def _format_errors(path: Path, error: ValidationError) -> str:
     return "\n".join(lines)
 
 
+class DuplicateKeyError(yaml.YAMLError):
+    """A mapping that names one key twice (YAML itself would keep only the last value)."""
+
+
+def refuse_duplicate_keys(node: yaml.Node, path: tuple[str, ...] = ()) -> None:
+    """Raise DuplicateKeyError for the first key repeated in a mapping of the composed `node`,
+    naming its key path and both lines. Merge keys (`<<: *anchor`) may be overridden."""
+    seen: set[int] = set()
+    todo = [(node, path)]
+    while todo:  # depth first, in document order
+        node, path = todo.pop()
+        if id(node) in seen:  # an alias, possibly recursive
+            continue
+        seen.add(id(node))
+        if isinstance(node, yaml.SequenceNode):
+            todo.extend(reversed([(item, (*path, str(i))) for i, item in enumerate(node.value)]))
+        if not isinstance(node, yaml.MappingNode):
+            continue
+        lines: dict[tuple[str, str], int] = {}
+        children = []
+        for key, value in node.value:
+            name = key.value if isinstance(key, yaml.ScalarNode) else "?"
+            children.append((value, (*path, name)))
+            if not isinstance(key, yaml.ScalarNode) or key.tag == "tag:yaml.org,2002:merge":
+                continue
+            line = key.start_mark.line + 1
+            if (key.tag, key.value) in lines:
+                raise DuplicateKeyError(
+                    f"line {line}: duplicate key {'.'.join((*path, name))} (first at line "
+                    f"{lines[key.tag, key.value]}); YAML would silently keep only the last one"
+                )
+            lines[key.tag, key.value] = line
+        todo.extend(reversed(children))
+
+
+def parse_yaml(text: str) -> Any:
+    """yaml.safe_load, refusing duplicate keys (DuplicateKeyError)."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        refuse_duplicate_keys(node)
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def read_text(spec_path: Path) -> str:
+    """The spec file as text; a file that cannot be read or is not UTF-8 is a SpecError."""
+    try:
+        data = spec_path.read_bytes()
+    except OSError as exc:
+        raise SpecError(f"pipeline spec {spec_path} cannot be read: {exc.strerror}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise SpecError(
+            f"invalid pipeline spec {spec_path}: line {line}: not UTF-8 text (byte "
+            f"0x{data[exc.start]:02x} at offset {exc.start}); save the file as UTF-8"
+        ) from None
+
+
 def load_spec(path: str | os.PathLike[str] | None = None) -> PipelineSpec:
     """Load a spec from `path`, else $MLOPS_CONFIG, else the bundled demo spec."""
     spec_path = Path(path or os.environ.get("MLOPS_CONFIG") or DEMO_SPEC_PATH).expanduser()
     if not spec_path.is_file():
         raise SpecError(f"pipeline spec not found: {spec_path}")
+    text = read_text(spec_path)
     try:
-        raw = yaml.safe_load(spec_path.read_text(encoding="utf-8"))
+        raw = parse_yaml(text)
+    except DuplicateKeyError as exc:
+        raise SpecError(f"invalid pipeline spec {spec_path}: {exc}") from None
     except yaml.YAMLError as exc:
         raise SpecError(f"invalid pipeline spec {spec_path}: not valid YAML: {exc}") from exc
     if not isinstance(raw, dict):
@@ -531,3 +659,48 @@ def load_spec(path: str | os.PathLike[str] | None = None) -> PipelineSpec:
         return PipelineSpec.model_validate({**raw, "spec_path": spec_path.resolve()})
     except ValidationError as exc:
         raise SpecError(_format_errors(spec_path, exc)) from None
+
+
+def check_model_params(spec: PipelineSpec) -> None:
+    """Refuse `model.params` the model kind's estimator does not take, or values it rejects,
+    naming the spec file, the key and the valid names.
+
+    Not part of load_spec: it imports scikit-learn, and definitions.py must stay light to
+    import. The CLI calls it right after load_spec, before anything runs. torch_mlp takes no
+    params: its hyperparameters are the torch_executor resource's fields.
+    """
+    params = spec.model.params
+    if not params:
+        return
+    header = f"invalid pipeline spec {spec.spec_path}:"
+    if spec.model.kind == "torch_mlp":
+        from mlops_resources.torch_executor import TorchExecutorResource
+
+        raise SpecError(
+            f"{header}\n  - model.params: torch_mlp takes no params (got {sorted(params)}); "
+            "set its hyperparameters on the torch_executor resource instead, one of "
+            f"{sorted(TorchExecutorResource.model_fields)}"
+        )
+    from sklearn.pipeline import Pipeline
+
+    from mlops_assets.training import build_estimator
+
+    bare = spec.model_copy(update={"model": spec.model.model_copy(update={"params": {}})})
+    built = build_estimator(bare)
+    estimator = (built if isinstance(built, Pipeline) else built.estimator).named_steps["model"]
+    cls = type(estimator).__name__
+    valid = sorted(estimator.get_params(deep=False))
+    unknown = [name for name in params if name not in valid]
+    if unknown:
+        lines = [header]
+        lowered = {v.lower(): v for v in valid}
+        for name in unknown:
+            close = difflib.get_close_matches(name.lower(), list(lowered), n=1)
+            hint = f" (did you mean '{lowered[close[0]]}'?)" if close else ""
+            lines.append(f"  - model.params.{name}: not a parameter of {cls}{hint}; valid: {valid}")
+        raise SpecError("\n".join(lines))
+    try:
+        estimator.set_params(**params)
+        estimator._validate_params()  # what fit() checks first (scikit-learn >= 1.2)
+    except (TypeError, ValueError) as exc:
+        raise SpecError(f"{header}\n  - model.params: {exc}") from None

@@ -43,6 +43,19 @@ class ValidationOutcome:
     failures: list[FailedExpectation]
 
 
+# Sample values come from untrusted files and end up in check metadata, events and the UI: each
+# is cut to SAMPLE_CHARS (the observed summary, e.g. the column list, to OBSERVED_CHARS).
+SAMPLE_CHARS = 200
+OBSERVED_CHARS = 1000
+MAX_SAMPLES = 20
+
+
+def shorten(value: object, limit: int = SAMPLE_CHARS) -> str:
+    """`str(value)`, cut to `limit` characters with the number of characters left out."""
+    text = str(value)
+    return text if len(text) <= limit else f"{text[:limit]}... (+{len(text) - limit} chars)"
+
+
 def exception_messages(info: Any) -> list[str]:
     """Messages of exceptions GX caught while evaluating an expectation (e.g. missing column).
 
@@ -52,7 +65,7 @@ def exception_messages(info: Any) -> list[str]:
         return []
     entries = [info] if "raised_exception" in info else list(info.values())
     return [
-        f"error: {str(entry.get('exception_message', ''))[:200]}"
+        f"error: {shorten(entry.get('exception_message', ''))}"
         for entry in entries
         if isinstance(entry, dict) and entry.get("raised_exception")
     ]
@@ -65,7 +78,12 @@ def expectation_class_name(snake: str) -> str:
 class GreatExpectationsResource(ConfigurableResource):
     """Validates DataFrames with an ephemeral GX context (nothing written to disk)."""
 
-    sample_size: int = Field(default=5, description="Bad values kept per failed expectation.")
+    sample_size: int = Field(
+        default=5,
+        ge=1,
+        le=MAX_SAMPLES,
+        description=f"Bad values kept per failed expectation (each cut to {SAMPLE_CHARS} chars).",
+    )
 
     def build_expectation(self, config: ExpectationConfig) -> Any:
         """The GX expectation object for a config; a clear error for an unknown name."""
@@ -115,9 +133,9 @@ class GreatExpectationsResource(ConfigurableResource):
         config = result.expectation_config
         kwargs = {k: v for k, v in config.kwargs.items() if k not in ("batch_id",)}
         details = result.result or {}
-        sample = details.get("partial_unexpected_list") or []
+        sample = [shorten(v) for v in (details.get("partial_unexpected_list") or [])]
         if not sample and details.get("observed_value") is not None:
-            sample = [f"observed: {details['observed_value']}"]
+            sample = [shorten(f"observed: {details['observed_value']}", OBSERVED_CHARS)]
         if not sample:
             sample = exception_messages(result.exception_info)
         return FailedExpectation(
@@ -125,6 +143,6 @@ class GreatExpectationsResource(ConfigurableResource):
             column=kwargs.get("column") or ",".join(kwargs.get("column_list", [])) or None,
             unexpected_count=details.get("unexpected_count"),
             element_count=details.get("element_count"),
-            sample=[str(v) for v in sample[: self.sample_size]],
+            sample=sample[: self.sample_size],
             kwargs={k: str(v) for k, v in kwargs.items()},
         )

@@ -1,5 +1,7 @@
 """The pipeline spec: the demo loads; bad specs fail with the file, the key and the rule."""
 
+import textwrap
+
 import pytest
 import yaml
 
@@ -54,3 +56,32 @@ def test_missing_and_malformed_files(tmp_path):
     broken.write_text(yaml.safe_dump(["a", "list"]))
     with pytest.raises(SpecError, match="mapping at the top level"):
         load_spec(broken)
+
+
+def test_yaml_anchors_and_merge_keys_are_not_duplicates(tmp_path):
+    """A key given by a merge (`<<: *anchor`) may be overridden; a key written twice is refused."""
+    raw = yaml.safe_load(DEMO_SPEC_PATH.read_text())
+    first, second, *rest = raw.pop("features")
+    merged = "  - &num {name: income, type: numeric, min: 0, max: 2000000}\n"
+    merged += "  - {<<: *num, name: loan_amount, min: 500, max: 100000}\n"
+    head = yaml.safe_dump(raw) + "features:\n"
+    tail = textwrap.indent(yaml.safe_dump(rest), "  ")
+    path = tmp_path / "merge.yaml"
+    path.write_text(head + merged + tail)
+    features = load_spec(path).features
+    assert [(f.name, f.min, f.max) for f in features[:2]] == [
+        (first["name"], first["min"], first["max"]),
+        (second["name"], second["min"], second["max"]),
+    ]
+    path.write_text(head + merged.replace("min: 500,", "min: 500, min: 600,") + tail)
+    with pytest.raises(SpecError, match=r"line \d+: duplicate key features\.1\.min"):
+        load_spec(path)
+
+
+def test_yaml_native_and_text_dates_and_enums_load(tmp_path):
+    """Strict types keep YAML's own types (an unquoted date, an int for a float); a quoted ISO
+    date and an enum's text are accepted too, as the recorded JSON spec writes them."""
+    spec = load_spec(write_spec(tmp_path / "dates.yaml", partitions={"start": "2024-01-02"}))
+    assert spec.partitions.start.isoformat() == "2024-01-02"
+    assert spec.features[0].max == 2_000_000.0 and spec.task.value == "binary_classification"
+    assert load_spec(DEMO_SPEC_PATH).partitions.start.isoformat() == "2024-01-01"
