@@ -9,13 +9,15 @@ import glob
 import hashlib
 import json
 import os
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
 from dagster import (
     AssetKey,
+    AssetObservation,
     AssetRecordsFilter,
+    DagsterRunStatus,
     DefaultScheduleStatus,
     DefaultSensorStatus,
     RunRequest,
@@ -27,9 +29,11 @@ from dagster import (
     sensor,
 )
 
-from mlops_assets.data import partition_day, read_file
+from mlops_assets.data import day_of_path, partition_day, read_file
+from mlops_assets.keys import ALARM_PARTITION_TAG, CHANGE_DAY_TAG, TRIGGER_TAG
 from mlops_assets.promotion import ROLLBACK_JOB
 from mlops_assets.spec import PipelineSpec
+from mlops_assets.windows import label_cutoff, labels_due
 
 DAILY_JOB = "daily"
 RETRAIN_JOB = "retrain"
@@ -38,7 +42,12 @@ NEW_DATA_SENSOR = "new_data_sensor"
 DRIFT_SENSOR = "drift_sensor"
 NIGHTLY_SCHEDULE = "nightly_training"
 MAX_EVENTS_PER_TICK = 500
-TRIGGER_TAG = "mlops/trigger"
+IN_FLIGHT = [
+    DagsterRunStatus.QUEUED,
+    DagsterRunStatus.NOT_STARTED,
+    DagsterRunStatus.STARTING,
+    DagsterRunStatus.STARTED,
+]
 
 
 def source_signatures(spec: PipelineSpec) -> dict[str, str]:
@@ -55,12 +64,8 @@ def file_days(spec: PipelineSpec, path: str) -> set[date]:
     """The partition days a source file holds: from the `{date}` in its name, else from its
     timestamps."""
     if "{date}" in spec.source.path:
-        prefix, _, suffix = spec.source_pattern().partition("{date}")
-        stem = path.removeprefix(prefix).removesuffix(suffix)
-        try:
-            return {date.fromisoformat(stem)}
-        except ValueError:
-            return set()
+        day = day_of_path(spec, path)
+        return set() if day is None else {day}
     import pandas as pd
 
     stamps = pd.to_datetime(
@@ -96,7 +101,9 @@ def build_new_data_sensor(spec: PipelineSpec, daily_job: Any, feedback_job: Any)
             for day in file_days(spec, path):
                 if in_partitions(spec, day, today):
                     by_day.setdefault(day, []).append(path)
-        requests = [
+        feedback = feedback_requests(context, spec, lag, arrived_day(spec, current))
+        hold = waiting_for_feedback(context, feedback) if by_day else None
+        requests = feedback + [
             RunRequest(
                 run_key=f"{DAILY_JOB}:{day}:{digest(changed, paths)}",
                 job_name=DAILY_JOB,
@@ -104,13 +111,18 @@ def build_new_data_sensor(spec: PipelineSpec, daily_job: Any, feedback_job: Any)
                 tags={TRIGGER_TAG: "new source files"},
             )
             for day, paths in sorted(by_day.items())
+            if hold is None
         ]
-        requests += feedback_requests(context, spec, lag)
         if not requests:
             return SkipReason(
-                f"no new source files for a partition ({len(current)} files seen) and no labels due"
+                f"new source files wait: {hold}"
+                if hold
+                else f"no new source files for a partition ({len(current)} files seen) and no "
+                "labels due"
             )
-        return SensorResult(run_requests=requests, cursor=json.dumps({**seen, **changed}))
+        # Files of held days stay unseen, so a later tick requests their `daily` run.
+        cursor = seen if hold else {**seen, **changed}
+        return SensorResult(run_requests=requests, cursor=json.dumps(cursor))
 
     return new_data_sensor
 
@@ -120,19 +132,25 @@ def digest(signatures: dict[str, str], paths: list[str]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
+def arrived_day(spec: PipelineSpec, signatures: dict[str, str]) -> date | None:
+    """The newest day whose source file has arrived: the clock of label delivery."""
+    days = [d for path in signatures for d in file_days(spec, path)]
+    return max(days, default=None)
+
+
 def feedback_requests(
-    context: SensorEvaluationContext, spec: PipelineSpec, lag: int
+    context: SensorEvaluationContext, spec: PipelineSpec, lag: int, now: date | None
 ) -> list[RunRequest]:
-    """model_performance for every validated day whose labels are due and not yet evaluated."""
+    """model_performance for every scored day whose labels are due (delivered by `now`, the
+    newest arrived day) and not yet evaluated."""
     validated = context.instance.get_materialized_partitions(AssetKey("validated_data"))
-    if not validated:
+    if not validated or now is None:
         return []
-    newest = max(partition_day(p) for p in validated)
     evaluated = context.instance.get_materialized_partitions(AssetKey("model_performance"))
     due = sorted(
         p
         for p in validated - evaluated
-        if partition_day(p) + timedelta(days=lag) <= newest and batch_scored(context, p)
+        if labels_due(spec, partition_day(p), now) and batch_scored(context, p)
     )
     return [
         RunRequest(
@@ -143,6 +161,38 @@ def feedback_requests(
         )
         for p in due
     ]
+
+
+def waiting_for_feedback(
+    context: SensorEvaluationContext, feedback: list[RunRequest]
+) -> str | None:
+    """Why a new day must wait before it is scored, or None: delivered labels are evaluated,
+    and whatever retraining they call for is done, before the next day is served."""
+    if feedback:
+        return f"labels due for {[r.partition_key for r in feedback]}: evaluated first"
+    busy = [
+        run
+        for job_name in (FEEDBACK_JOB, RETRAIN_JOB, ROLLBACK_JOB)
+        for run in context.instance.get_runs(
+            filters=RunsFilter(job_name=job_name, statuses=IN_FLIGHT), limit=1
+        )
+    ]
+    if busy:
+        return f"run {busy[0].run_id} ({busy[0].job_name}) in flight"
+    latest = context.instance.fetch_materializations(AssetKey("model_performance"), limit=1)
+    if latest.records:
+        record = latest.records[0]
+        seen = context.instance.fetch_observations(
+            AssetRecordsFilter(
+                asset_key=AssetKey("model_performance"),
+                asset_partitions=[record.partition_key],
+                after_storage_id=record.storage_id,
+            ),
+            limit=1,
+        )
+        if not seen.records:
+            return f"model_performance {record.partition_key} not yet read by {DRIFT_SENSOR}"
+    return None
 
 
 def batch_scored(context: SensorEvaluationContext, partition: str) -> bool:
@@ -163,15 +213,17 @@ def build_drift_sensor(spec: PipelineSpec, retrain_job: Any, rollback_job: Any) 
         jobs=[retrain_job, rollback_job],
         minimum_interval_seconds=60,
         default_status=DefaultSensorStatus.STOPPED,
-        description="Reads new drift_report and model_performance results: drift share above "
-        f"{monitoring.drift.drift_share} or a performance drop beyond tolerance -> `retrain` for "
-        f"that partition (at most once per {cooldown} day(s)); a champion worse than the "
-        "version it replaced -> `rollback`.",
+        description="Reads new drift_report and model_performance results. Drift share above "
+        f"{monitoring.drift.drift_share} or served predictions degraded beyond tolerance raise "
+        "an alarm; once labels after the alarm's day are delivered, `retrain` for the newest "
+        "labelled day, its window starting at the change (at most once per "
+        f"{cooldown} day(s)). A champion worse than the version it replaced on days it "
+        "served -> one `rollback` from that version.",
     )
     def drift_sensor(context: SensorEvaluationContext) -> SensorResult:
         state = json.loads(context.cursor) if context.cursor else {}
         after = int(state.get("storage_id", 0))
-        last_retrain = last_retrain_partition(context)
+        alarm: dict[str, str] | None = state.get("alarm")
         records = sorted(
             (
                 record
@@ -186,20 +238,39 @@ def build_drift_sensor(spec: PipelineSpec, retrain_job: Any, rollback_job: Any) 
         )
         requests: list[RunRequest] = []
         decisions: list[str] = []
+        observations = []
         for record in records:
             after = max(after, record.storage_id)
-            request, decision = decide_on(record, spec, last_retrain)
+            rollback, evidence, decision = read_evidence(record, spec)
             decisions.append(decision)
-            if request is not None and request.run_key not in {r.run_key for r in requests}:
+            if rollback is not None and rollback.run_key not in {r.run_key for r in requests}:
                 context.log.info(decision)
-                requests.append(request)
-                if request.job_name == RETRAIN_JOB:
-                    last_retrain = request.partition_key
-        cursor = json.dumps({"storage_id": after})
-        if requests:
-            return SensorResult(run_requests=requests, cursor=cursor)
+                requests.append(rollback)
+            if evidence is not None and (alarm is None or evidence["day"] < alarm["day"]):
+                alarm = evidence
+            if record.asset_key == AssetKey("model_performance"):
+                observations.append(
+                    AssetObservation(
+                        asset_key="model_performance",
+                        partition=record.partition_key,
+                        metadata={"drift_sensor_decision": decision[:1000]},
+                    )
+                )
+        if alarm is not None:
+            retrain, decision, keep = retrain_request(context, spec, alarm, cooldown)
+            decisions.append(decision)
+            if retrain is not None:
+                context.log.info(decision)
+                requests.append(retrain)
+            alarm = alarm if keep else None
+        cursor = json.dumps({"storage_id": after, "alarm": alarm})
         reason = "; ".join(decisions) or "no new drift_report or model_performance results"
-        return SensorResult(skip_reason=SkipReason(reason[:2000]), cursor=cursor)
+        return SensorResult(
+            run_requests=requests,
+            cursor=cursor,
+            asset_events=observations,
+            skip_reason=None if requests else SkipReason(reason[:2000]),
+        )
 
     return drift_sensor
 
@@ -214,10 +285,11 @@ def last_retrain_partition(context: SensorEvaluationContext) -> str | None:
     return runs[0].tags.get("dagster/partition") if runs else None
 
 
-def decide_on(
-    record: Any, spec: PipelineSpec, last_retrain: str | None
-) -> tuple[RunRequest | None, str]:
-    """The sensor's decision on one drift_report / model_performance materialization."""
+def read_evidence(
+    record: Any, spec: PipelineSpec
+) -> tuple[RunRequest | None, dict[str, str] | None, str]:
+    """One drift_report / model_performance materialization: a rollback request, an alarm
+    (the day of the evidence and why), and the decision in words."""
     asset = record.asset_key.to_user_string()
     partition = record.partition_key
     meta = {k: v.value for k, v in record.asset_materialization.metadata.items()}
@@ -225,22 +297,18 @@ def decide_on(
     if asset == "model_performance" and meta.get("rollback_recommended"):
         reason = (
             f"model_performance {partition}: champion v{version} is worse than the version it "
-            f"replaced (v{meta.get('replaced_version')}) on labelled data"
+            f"replaced (v{meta.get('replaced_version')}) on labelled data it served"
         )
+        config = {"reason": reason, "from_version": str(version)}
         return (
+            # One rollback per champion version, whatever the number of days behind it.
             RunRequest(
-                # One rollback per champion version, whatever the number of days behind it.
                 run_key=f"{ROLLBACK_JOB}:from-v{version}",
                 job_name=ROLLBACK_JOB,
-                run_config={
-                    "ops": {
-                        "rollback_champion": {
-                            "config": {"reason": reason, "from_version": str(version)}
-                        }
-                    }
-                },
+                run_config={"ops": {"rollback_champion": {"config": config}}},
                 tags={TRIGGER_TAG: reason[:255]},
             ),
+            None,
             f"rollback requested: {reason}",
         )
     if asset == "drift_report":
@@ -250,27 +318,49 @@ def decide_on(
             f"(threshold {spec.monitoring.drift.drift_share}) against v{version}"
         )
     else:
-        flagged = bool(meta.get("degraded"))
+        champion = meta.get("champion_version")
         worse = meta.get("degraded_metrics")
-        why = f"model_performance {partition}: v{version} " + (
+        flagged = bool(meta.get("degraded")) and str(champion) == str(version)
+        why = f"model_performance {partition}: served v{version} " + (
             f"degraded on {worse}" if worse else "within tolerance"
         )
+        if meta.get("degraded") and not flagged:
+            why += f", but v{champion} is the champion now"
     if not flagged:
-        return None, f"no action: {why}"
-    cooldown = spec.monitoring.retrain_cooldown_days
-    if (
-        last_retrain
-        and abs((partition_day(partition) - partition_day(last_retrain)).days) < cooldown
-    ):
-        return None, f"no action (retrained for {last_retrain}, cooldown {cooldown} days): {why}"
+        return None, None, f"no action: {why}"
+    return None, {"day": partition, "why": why}, f"alarm: {why}"
+
+
+def retrain_request(
+    context: SensorEvaluationContext, spec: PipelineSpec, alarm: dict[str, str], cooldown: int
+) -> tuple[RunRequest | None, str, bool]:
+    """A retraining for the newest day whose labels are delivered, once that day is on or
+    after the alarm's (labels after the change exist); (request, decision, keep the alarm)."""
+    now = arrived_day(spec, source_signatures(spec))
+    newest = label_cutoff(spec, now, now) if now is not None else None
+    if newest is None or newest < partition_day(alarm["day"]):
+        return (
+            None,
+            f"alarm kept until labels of {alarm['day']} are delivered: {alarm['why']}",
+            True,
+        )
+    last = last_retrain_partition(context)
+    if last and (newest - partition_day(last)).days < cooldown:
+        return None, f"no retraining (retrained for {last}, cooldown {cooldown} days)", False
+    partition = newest.isoformat()
     return (
         RunRequest(
-            run_key=f"{RETRAIN_JOB}:{partition}:champion-v{version}",
+            run_key=f"{RETRAIN_JOB}:{partition}:alarm-{alarm['day']}",
             job_name=RETRAIN_JOB,
             partition_key=partition,
-            tags={TRIGGER_TAG: why[:255]},
+            tags={
+                TRIGGER_TAG: alarm["why"][:255],
+                ALARM_PARTITION_TAG: alarm["day"],
+                CHANGE_DAY_TAG: alarm["day"],
+            },
         ),
-        f"retraining requested: {why}",
+        f"retraining requested for {partition} (newest labelled day): {alarm['why']}",
+        False,
     )
 
 

@@ -11,9 +11,11 @@ import contextlib
 import getpass
 import json
 import os
+import shutil
 import sys
 import time
 from datetime import date, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dagster import DagsterEventType, DagsterInstance, Definitions
@@ -175,10 +177,15 @@ def step_failure(event: Any) -> dict[str, Any]:
 STATIONARY_DAYS = 5
 
 
+def warmup_days(spec: PipelineSpec) -> int:
+    """Days ingested before the first training: a full window of delivered labels."""
+    return spec.model.training_window_days + spec.monitoring.performance.label_delay_days - 1
+
+
 def demo_schedule(spec: PipelineSpec, train_days: int, start: date) -> list[tuple[str, str]]:
-    """(partition, job) pairs: ingest until a training window is full, then the whole lifecycle
-    for `train_days` days."""
-    warmup = spec.model.training_window_days - 1
+    """(partition, job) pairs: ingest until a window of delivered labels is full, then the
+    whole lifecycle for `train_days` days."""
+    warmup = warmup_days(spec)
     days = story_days(start, warmup + train_days, spec.partitions.end)
     return [
         (day.isoformat(), INGEST_JOB if offset < warmup else LIFECYCLE_JOB)
@@ -193,38 +200,61 @@ def default_story(spec: PipelineSpec, train_days: int) -> tuple[date, int]:
         return spec.partitions.start, STATIONARY_DAYS
     from mlops_assets.demo_data import DRIFT_START
 
-    warmup = spec.model.training_window_days - 1
+    warmup = warmup_days(spec)
     start = DRIFT_START - timedelta(days=warmup + train_days + STATIONARY_DAYS)
     return start, STATIONARY_DAYS + 3
 
 
-def run_demo(
-    spec: PipelineSpec, defs: Definitions, train_days: int, start: date, monitor_days: int
-) -> dict[str, Any]:
-    """Warm up (ingest, then train) with jobs launched directly, then let the sensors drive
-    `monitor_days` simulated days."""
+def arrival(spec: PipelineSpec, replay_from: Path | None) -> Any:
+    """How a day's source file appears: written (the bundled demo), copied from `replay_from`
+    (a folder of files named like the source's file name), or already there."""
     from mlops_assets.demo_data import write_demo_data
 
+    def arrive(day: date) -> None:
+        if spec.is_bundled_demo:
+            write_demo_data(start=day, days=1)
+        elif replay_from is not None:
+            target = Path(spec.source_pattern().replace("{date}", day.isoformat()))
+            staged = replay_from / target.name
+            if not staged.is_file():
+                raise SystemExit(f"--replay-from: {staged} not found for {day}")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(staged, target.with_name(f".{target.name}.tmp"))
+            target.with_name(f".{target.name}.tmp").replace(target)
+
+    return arrive
+
+
+def run_demo(
+    spec: PipelineSpec,
+    defs: Definitions,
+    train_days: int,
+    start: date,
+    monitor_days: int,
+    replay_from: Path | None = None,
+) -> dict[str, Any]:
+    """Warm up (ingest, then train) with jobs launched directly, then let the sensors drive
+    `monitor_days` simulated days. Days arrive one at a time: a day's labels are delivered only
+    after it (label_delay_days), so nothing trains on labels it would not have."""
     instance = prepare_dagster_home()
     plan = demo_schedule(spec, train_days, start)
-    if spec.is_bundled_demo:
-        write_demo_data(start=start, days=len(plan))
+    arrive = arrival(spec, replay_from)
     runs = []
     for day, job_name in plan:
+        arrive(date.fromisoformat(day))
         job = defs.resolve_job_def(job_name)
         started = time.monotonic()
         print(f"[{day}] running {job_name} ...", file=sys.stderr, flush=True)
         result = job.execute_in_process(partition_key=day, instance=instance, raise_on_error=False)
         runs.append(summarize_run(result, day, job_name, time.monotonic() - started))
 
-    def arrive(day: date) -> None:
+    def arrive_and_tell(day: date) -> None:
         print(f"[{day}] new data; ticking the sensors ...", file=sys.stderr, flush=True)
-        if spec.is_bundled_demo:
-            write_demo_data(start=day, days=1)
+        arrive(day)
 
     first = start + timedelta(days=len(plan))
     days = story_days(first, monitor_days, spec.partitions.end)
-    story = run_story(spec, defs, instance, days, arrive, summarize_run)
+    story = run_story(spec, defs, instance, days, arrive_and_tell, summarize_run)
     story_runs = [run for day in story for run in day["runs"]]
     return {
         "pipeline": spec.name,
@@ -293,7 +323,11 @@ def format_day(day: dict[str, Any]) -> str:
         parts.append(f"gate v{gate['version']}: {gate['why']}")
     if "rollback" in day:
         rollback = day["rollback"]
-        parts.append(f"rolled back v{rollback['from_version']} -> v{rollback['to_version']}")
+        parts.append(
+            rollback["message"]
+            if rollback.get("skipped") == "true"
+            else f"rolled back v{rollback['from_version']} -> v{rollback['to_version']}"
+        )
     parts.append(f"champion v{day['champion_version']}")
     return " | ".join(parts)
 
@@ -342,6 +376,12 @@ def main(argv: list[str] | None = None) -> int:
         type=date.fromisoformat,
         help="first day (default: so the demo's drift day falls on the 6th monitored day; "
         "partitions.start for other specs)",
+    )
+    demo.add_argument(
+        "--replay-from",
+        type=Path,
+        help="a folder of source files (named like source.path's file name) copied into place "
+        "one day at a time, as if each day arrived then",
     )
     rollback = commands.add_parser(
         "rollback", help="move the champion back to the version it replaced"
@@ -395,6 +435,7 @@ def main(argv: list[str] | None = None) -> int:
             args.train_days,
             args.start or start,
             monitor_days if args.monitor_days is None else args.monitor_days,
+            args.replay_from,
         )
     print(json.dumps(summary, indent=2, default=str) if args.json else format_summary(summary))
     return 1 if summary["runs_failed"] else 0

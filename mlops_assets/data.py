@@ -47,6 +47,24 @@ def partition_day(partition_key: str) -> date:
         raise Failure(f"partition key {partition_key!r} is not a YYYY-MM-DD date") from None
 
 
+def day_of_path(spec: PipelineSpec, path: str) -> date | None:
+    """The day a `{date}` source file is for, from its name; None if the name has no date."""
+    prefix, _, suffix = spec.source_pattern().partition("{date}")
+    try:
+        return date.fromisoformat(path.removeprefix(prefix).removesuffix(suffix))
+    except ValueError:
+        return None
+
+
+def newest_arrived_day(spec: PipelineSpec) -> date | None:
+    """The newest day whose source file has arrived (the clock that decides which labels are
+    delivered), for `{date}` sources; None when the path has no `{date}`."""
+    if "{date}" not in spec.source.path:
+        return None
+    paths = glob.glob(spec.source_pattern().replace("{date}", "*"))
+    return max((d for p in paths if (d := day_of_path(spec, p)) is not None), default=None)
+
+
 def day_bounds(day: date) -> tuple[datetime, datetime]:
     """[start, end) of a UTC day as aware datetimes."""
     start = datetime(day.year, day.month, day.day, tzinfo=UTC)

@@ -1,7 +1,7 @@
 """Feature stage: Feast entity and feature view from the spec, online materialization, and the
 point-in-time correct training_set."""
 
-from datetime import timedelta
+from datetime import date, timedelta
 from typing import Any
 
 from dagster import (
@@ -20,14 +20,24 @@ from mlops_assets.data import (
     content_hash,
     daily_partitions,
     day_bounds,
+    newest_arrived_day,
     partition_day,
     table_schema,
 )
 from mlops_assets.frames import Frame
+from mlops_assets.keys import CHANGE_DAY_TAG
 from mlops_assets.spec import PipelineSpec
+from mlops_assets.windows import (
+    choose_window,
+    holdout_mask,
+    label_cutoff,
+    recency_weights,
+)
 from mlops_resources.feast_store import FeastResource
 
 SPLIT_COLUMN = "split"
+# Per-row training weight: recency weights under the weighted policy, else 1.0.
+WEIGHT_COLUMN = "sample_weight"
 
 
 def feature_view_name(spec: PipelineSpec) -> str:
@@ -114,13 +124,39 @@ def build_features(spec: PipelineSpec) -> AssetsDefinition:
     return features
 
 
-def window_days(spec: PipelineSpec, partition_key: str):
-    day = partition_day(partition_key)
-    return [day - timedelta(days=i) for i in range(spec.model.training_window_days - 1, -1, -1)]
+def flagged_days(context: AssetExecutionContext, days: list[date]) -> list[date]:
+    """Days among `days` whose drift_report flagged drift or whose model_performance flagged
+    degradation: the evidence of a change."""
+    from dagster import AssetKey, AssetRecordsFilter
+
+    flagged = set()
+    for key, flag in (("drift_report", "drift_detected"), ("model_performance", "degraded")):
+        records = context.instance.fetch_materializations(
+            AssetRecordsFilter(
+                asset_key=AssetKey(key), asset_partitions=[d.isoformat() for d in days]
+            ),
+            limit=10 * len(days),
+        ).records
+        for record in records:
+            value = record.asset_materialization.metadata.get(flag)
+            if value is not None and value.value is True:
+                flagged.add(partition_day(record.partition_key))
+    return sorted(flagged)
+
+
+def change_day(context: AssetExecutionContext, days: list[date]) -> date | None:
+    """The change a retraining adapts to: the run's CHANGE_DAY_TAG (set by the drift sensor),
+    else the first flagged day in the window."""
+    tagged = context.run.tags.get(CHANGE_DAY_TAG)
+    if tagged:
+        return partition_day(tagged)
+    flagged = flagged_days(context, days)
+    return flagged[0] if flagged else None
 
 
 def build_training_set(spec: PipelineSpec) -> AssetsDefinition:
-    window = spec.model.training_window_days
+    size = spec.model.training_window_days
+    lag = spec.monitoring.performance.label_delay_days
 
     @asset(
         name="training_set",
@@ -130,50 +166,62 @@ def build_training_set(spec: PipelineSpec) -> AssetsDefinition:
             AssetDep(
                 "features",
                 partition_mapping=TimeWindowPartitionMapping(
-                    start_offset=-(window - 1), allow_nonexistent_upstream_partitions=True
+                    start_offset=-(size - 1), allow_nonexistent_upstream_partitions=True
                 ),
             )
         ],
-        description=f"Labelled rows of the {window} days up to the partition, features joined "
-        f"point-in-time from Feast; the last {spec.model.holdout_days} days are the holdout.",
+        description=f"Labelled rows whose labels are delivered ({lag} day(s) after their day) "
+        f"by the newest arrived day, at most {size} days up to the partition, chosen by the "
+        f"'{spec.model.window.policy}' window policy; features joined point-in-time from Feast; "
+        "the newest rows are the holdout the gate judges on.",
         kinds={"feast", "pandas"},
     )
     def training_set(context: AssetExecutionContext, feast: FeastResource) -> Output[Frame]:
+        import pyarrow.parquet as pq
+
         folder = offline_folder(spec, feast)
-        days = window_days(spec, context.partition_key)
-        present = [d for d in days if (folder / f"{d.isoformat()}.parquet").exists()]
-        missing = [d.isoformat() for d in days if d not in present]
-        holdout_start = days[-1] - timedelta(days=spec.model.holdout_days - 1)
-        if not any(d < holdout_start for d in present) or not any(
-            d >= holdout_start for d in present
-        ):
+        cutoff = label_cutoff(spec, partition_day(context.partition_key), newest_arrived_day(spec))
+        candidates = [cutoff - timedelta(days=i) for i in range(size - 1, -1, -1)]
+        files = {d: folder / f"{d.isoformat()}.parquet" for d in candidates}
+        rows_by_day = {d: pq.read_metadata(f).num_rows for d, f in files.items() if f.exists()}
+        if not rows_by_day:
             raise Failure(
-                f"training_set {context.partition_key}: need feature data before and inside the "
-                f"{spec.model.holdout_days}-day holdout; days present: "
-                f"{[d.isoformat() for d in present]}. "
+                f"training_set {context.partition_key}: no feature data with delivered labels "
+                f"in {candidates[0]}..{cutoff} (labels arrive {lag} day(s) after their day). "
                 "Materialize `features` for earlier days first."
             )
+        window = choose_window(spec, cutoff, rows_by_day, change_day(context, candidates))
         import pandas as pd
 
         labels = pd.concat(
             [
-                pd.read_parquet(
-                    folder / f"{d.isoformat()}.parquet",
-                    columns=[spec.entity_key, spec.timestamp, spec.label],
-                )
-                for d in present
+                pd.read_parquet(files[d], columns=[spec.entity_key, spec.timestamp, spec.label])
+                for d in window.days
             ],
             ignore_index=True,
         )
-        context.log.info(f"joining features point-in-time for {len(labels)} labelled rows")
+        context.log.info(
+            f"{window.reason}: joining features point-in-time for {len(labels)} labelled rows "
+            f"of {window.days[0]}..{window.days[-1]}"
+        )
         df = feast.historical_features(labels, feature_refs(spec))
         df = df.sort_values([spec.timestamp, spec.entity_key]).reset_index(drop=True)
-        holdout_from, _ = day_bounds(holdout_start)
-        df[SPLIT_COLUMN] = (df[spec.timestamp] >= holdout_from).map(
-            {True: "holdout", False: "train"}
+        row_days = df[spec.timestamp].dt.date
+        holdout = holdout_mask(spec, row_days, df[spec.timestamp], window.days)
+        if holdout.all() or not holdout.any():
+            raise Failure(
+                f"training_set {context.partition_key}: need rows both to train on and to hold "
+                f"out; {window.reason} gave {len(df)} rows of {[str(d) for d in window.days]}"
+            )
+        df[SPLIT_COLUMN] = holdout.map({True: "holdout", False: "train"})
+        df[WEIGHT_COLUMN] = (
+            recency_weights(row_days, cutoff, spec.model.window.half_life_days)
+            if window.weighted
+            else 1.0
         )
         version = content_hash(df)
         counts = df[SPLIT_COLUMN].value_counts().to_dict()
+        judged_on = sorted({str(d) for d in row_days[holdout]})
         return Output(
             df,
             data_version=DataVersion(version),
@@ -183,9 +231,12 @@ def build_training_set(spec: PipelineSpec) -> AssetsDefinition:
                 "content_hash": version,
                 "train_rows": int(counts.get("train", 0)),
                 "holdout_rows": int(counts.get("holdout", 0)),
-                "days_used": MetadataValue.json([d.isoformat() for d in present]),
-                "days_missing": MetadataValue.json(missing),
-                "holdout_from": holdout_start.isoformat(),
+                "label_cutoff": cutoff.isoformat(),
+                "window_policy": window.policy,
+                "window_reason": window.reason,
+                "change_day": window.change_day.isoformat() if window.change_day else "none",
+                "days_used": MetadataValue.json([d.isoformat() for d in window.days]),
+                "holdout_days": MetadataValue.json(judged_on),
             },
         )
 

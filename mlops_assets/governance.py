@@ -175,9 +175,7 @@ def upstream_data_versions(context: Any, asset: str, partitions: list[str]) -> d
 
 def lineage(context: Any, spec: PipelineSpec, training_set: Frame) -> dict[str, Any]:
     """What a model version was built from: data versions, code versions, spec, commit, run."""
-    from mlops_assets.features import window_days
-
-    days = [d.isoformat() for d in window_days(spec, context.partition_key)]
+    days = sorted({d.isoformat() for d in training_set[spec.timestamp].dt.date})
     return {
         "partition": context.partition_key,
         "dagster_run_id": context.run_id,

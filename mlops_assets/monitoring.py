@@ -18,7 +18,7 @@ from dagster import (
     asset,
 )
 
-from mlops_assets.data import daily_partitions
+from mlops_assets.data import daily_partitions, newest_arrived_day, partition_day
 from mlops_assets.frames import Frame
 from mlops_assets.markdown import markdown_table
 from mlops_assets.promotion import REPLACED_TAG
@@ -27,9 +27,12 @@ from mlops_assets.training import (
     REFERENCE_ARTIFACT_DIR,
     REFERENCE_FILE,
     evaluate,
+    output_metrics,
+    positive_class,
 )
+from mlops_assets.windows import labels_due
 from mlops_resources.drift_detection import DriftTest, EvidentlyResource
-from mlops_resources.mlflow_tracking import MLFLOW_RETRY_POLICY, MLflowResource
+from mlops_resources.mlflow_tracking import CHALLENGER_ALIAS, MLFLOW_RETRY_POLICY, MLflowResource
 from mlops_resources.model_loading import load_registered_model
 from mlops_resources.storage import ReportStoreResource
 
@@ -198,6 +201,37 @@ def worsening(spec: PipelineSpec, metric: str, reference: float, value: float) -
     return delta if not math.isnan(delta) else math.inf
 
 
+def served_metrics(served: Frame, spec: PipelineSpec) -> dict[str, float]:
+    """The task's metrics of predictions as they were served (batch_predictions rows joined
+    with their delivered labels): the positive-class score for binary tasks, the predicted
+    class for multiclass (so its log_loss is that of hard predictions), else the prediction."""
+    import numpy as np
+
+    y = served[spec.label]
+    if not spec.is_classification:
+        return output_metrics(served["prediction"].to_numpy(dtype=float), None, y, spec)
+    classes = np.asarray(
+        spec.classes or sorted(set(y.tolist()) | set(served["prediction"].tolist()))
+    )
+    if "score" in served and len(classes) == 2:
+        positive = list(classes).index(positive_class(spec, classes))
+        proba = np.empty((len(served), 2))
+        proba[:, positive] = served["score"].to_numpy(dtype=float)
+        proba[:, 1 - positive] = 1.0 - proba[:, positive]
+    else:
+        proba = (served["prediction"].to_numpy()[:, None] == classes[None, :]).astype(float)
+    return output_metrics(proba, classes, y, spec)
+
+
+def holdout_metrics(mlflow: MLflowResource, name: str, version: str) -> dict[str, float]:
+    """A version's training-time holdout metrics, as logged with its MLflow run."""
+    return {
+        k.removeprefix("holdout_"): v
+        for k, v in mlflow.run_metrics(mlflow.version_run_id(name, version)).items()
+        if k.startswith("holdout_")
+    }
+
+
 def build_model_performance(spec: PipelineSpec) -> AssetsDefinition:
     performance = spec.monitoring.performance
 
@@ -206,52 +240,68 @@ def build_model_performance(spec: PipelineSpec) -> AssetsDefinition:
         partitions_def=daily_partitions(spec),
         group_name="monitoring",
         deps=["model_promotion"],
-        output_required=False,
-        description=f"The champion's metrics on a day's labels, materialized "
-        f"{performance.label_delay_days} day(s) after the day (labels lag), versus its "
-        "training-time holdout metrics and versus the version it replaced. Concept drift "
-        "shows here, not in data drift.",
+        description=f"The predictions actually served for a day (batch_predictions), scored on "
+        f"its labels once they are delivered ({performance.label_delay_days} day(s) later), "
+        "versus the served version's training-time holdout; the current champion and "
+        "challenger on the same rows beside them; and, when the served version is still the "
+        "champion, versus the version it replaced. Concept drift shows here, not in data drift.",
         check_specs=[
             AssetCheckSpec(
                 PERFORMANCE_CHECK,
                 asset="model_performance",
-                description="No metric worse than the training-time holdout beyond "
-                f"max_degradation {performance.max_degradation}.",
+                description="No metric of the served predictions worse than the served "
+                f"version's training-time holdout beyond max_degradation "
+                f"{performance.max_degradation}.",
             ),
             AssetCheckSpec(
                 REGRESSION_CHECK,
                 asset="model_performance",
-                description="The champion is not worse than the version it replaced beyond "
-                f"rollback_margin {performance.rollback_margin} (else: roll back).",
+                description="The champion, on days it served, is not worse than the version it "
+                f"replaced beyond rollback_margin {performance.rollback_margin} (else: roll "
+                "back).",
             ),
         ],
         kinds={"mlflow", "scikit-learn"},
         retry_policy=MLFLOW_RETRY_POLICY,
     )
     def model_performance(
-        context: AssetExecutionContext, mlflow: MLflowResource, validated_data: Frame
+        context: AssetExecutionContext,
+        mlflow: MLflowResource,
+        validated_data: Frame,
+        batch_predictions: Frame,
     ):
-        name = spec.model_name
-        champion = mlflow.champion(name)
-        if champion is None:
-            context.log.warning(f"no champion for {name}: nothing to evaluate")
-            return
-        X, y = validated_data[spec.feature_names], validated_data[spec.label]
-        live = evaluate(load_registered_model(name, champion), X, y, spec)
-        holdout = {
-            k.removeprefix("holdout_"): v
-            for k, v in mlflow.run_metrics(mlflow.version_run_id(name, champion)).items()
-            if k.startswith("holdout_")
-        }
+        name, day = spec.model_name, partition_day(context.partition_key)
+        now = newest_arrived_day(spec)
+        if now is not None and not labels_due(spec, day, now):
+            raise Failure(
+                f"labels of {day} are delivered {performance.label_delay_days} day(s) later; "
+                f"the newest arrived day is {now}: not evaluated before delivery"
+            )
+        keys = [spec.entity_key, spec.timestamp]
+        served = batch_predictions.merge(
+            validated_data[[*keys, *spec.feature_names, spec.label]], on=keys, how="inner"
+        )
+        version = str(served["model_version"].iloc[0])
+        live = served_metrics(served, spec)
+        holdout = holdout_metrics(mlflow, name, version)
         degradation = {
             m: worsening(spec, m, holdout.get(m, math.nan), live[m])
             for m in performance.max_degradation
         }
         degraded = sorted(m for m, d in degradation.items() if d > performance.max_degradation[m])
-        replaced = mlflow.version_tags(name, champion).get(REPLACED_TAG, "none")
+        X, y = served[spec.feature_names], served[spec.label]
+        champion = mlflow.champion(name)
+        challenger = mlflow.alias_version(name, CHALLENGER_ALIAS)
+        beside = {
+            f"{role} v{v}": evaluate(load_registered_model(name, v), X, y, spec)
+            for role, v in (("champion", champion), ("challenger", challenger))
+            if v is not None and v != version
+        }
+        # Only days the champion itself served can recommend rolling it back.
+        replaced = mlflow.version_tags(name, version).get(REPLACED_TAG, "none")
         previous = (
             evaluate(load_registered_model(name, replaced), X, y, spec)
-            if replaced != "none" and performance.rollback_margin
+            if version == champion and replaced != "none" and performance.rollback_margin
             else {}
         )
         regression = (
@@ -262,10 +312,12 @@ def build_model_performance(spec: PipelineSpec) -> AssetsDefinition:
         regressed = sorted(m for m, d in regression.items() if d > performance.rollback_margin[m])
         result = {
             "partition": context.partition_key,
-            "model_version": champion,
-            "labelled_rows": len(validated_data),
+            "model_version": version,
+            "champion_version": champion,
+            "labelled_rows": len(served),
             "live": live,
             "holdout": holdout,
+            "beside": beside,
             "degraded": bool(degraded),
             "degraded_metrics": degraded,
             "replaced_version": replaced,
@@ -273,20 +325,22 @@ def build_model_performance(spec: PipelineSpec) -> AssetsDefinition:
             "rollback_recommended": bool(regressed),
         }
         context.log.info(
-            f"champion v{champion} on {len(validated_data)} labelled rows: {live}; "
-            f"degraded {degraded or 'no'}; worse than v{replaced}: {regressed or 'no'}"
+            f"served v{version} on {len(served)} labelled rows: {live}; degraded "
+            f"{degraded or 'no'}; worse than v{replaced}: {regressed or 'no'}"
         )
         yield Output(
             result,
             metadata={
-                "model_version": champion,
-                "labelled_rows": len(validated_data),
+                "model_version": version,
+                "champion_version": champion or "none",
+                "labelled_rows": len(served),
                 "label_delay_days": performance.label_delay_days,
                 "degraded": bool(degraded),
                 "degraded_metrics": MetadataValue.json(degraded),
                 "rollback_recommended": bool(regressed),
                 "replaced_version": replaced,
                 "metrics": MetadataValue.md(metric_table(live, holdout, previous)),
+                "beside_served": MetadataValue.json(beside),
                 **{f"live_{k}": v for k, v in live.items()},
             },
         )
@@ -295,9 +349,9 @@ def build_model_performance(spec: PipelineSpec) -> AssetsDefinition:
             passed=not degraded,
             severity=AssetCheckSeverity(performance.severity),
             description=(
-                f"worse than holdout beyond tolerance: {degraded}"
+                f"served v{version} worse than its holdout beyond tolerance: {degraded}"
                 if degraded
-                else "within tolerance of the training-time holdout"
+                else f"served v{version} within tolerance of its training-time holdout"
             ),
             metadata={"degradation": MetadataValue.json(degradation)},
         )
@@ -306,9 +360,12 @@ def build_model_performance(spec: PipelineSpec) -> AssetsDefinition:
             passed=not regressed,
             severity=AssetCheckSeverity(performance.severity),
             description=(
-                f"v{champion} is worse than v{replaced} on {regressed}: roll back"
+                f"v{version} is worse than v{replaced} on {regressed}: roll back"
                 if regressed
-                else f"v{champion} not worse than the replaced version ({replaced})"
+                else f"v{version} not worse than the replaced version ({replaced}) on days it "
+                "served"
+                if version == champion
+                else f"served by v{version}, no longer the champion (v{champion}): no rollback"
             ),
             metadata={"regression": MetadataValue.json(regression)},
         )

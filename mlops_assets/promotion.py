@@ -23,6 +23,7 @@ from dagster import (
 from pydantic import Field
 
 from mlops_assets.data import daily_partitions
+from mlops_assets.features import SPLIT_COLUMN
 from mlops_assets.frames import Frame
 from mlops_assets.governance import gate_rules, publish_model_card, record_audit
 from mlops_assets.inference import SHADOW_TAG
@@ -173,6 +174,12 @@ def settle_challenger(
         )
 
 
+def holdout_days(training_set: Frame, spec: PipelineSpec) -> list[str]:
+    """The days of the holdout rows both models are judged on."""
+    rows = training_set.loc[training_set[SPLIT_COLUMN] == "holdout", spec.timestamp]
+    return sorted({d.isoformat() for d in rows.dt.date})
+
+
 def rules_table(rules: list[dict[str, Any]]) -> str:
     return markdown_table(
         ["metric", "rule", "candidate", "champion", "passed"],
@@ -207,6 +214,7 @@ def build_model_promotion(spec: PipelineSpec) -> AssetsDefinition:
     ):
         name, version = candidate_model["name"], candidate_model["version"]
         X_hold, y_hold = split(training_set, spec, "holdout")
+        judged_on = holdout_days(training_set, spec)
         if spec.gate.shadow_days:
             settle_challenger(context, mlflow, name, spec.gate.shadow_days)
         before = mlflow.champion(name)
@@ -234,6 +242,7 @@ def build_model_promotion(spec: PipelineSpec) -> AssetsDefinition:
                 champion_version,
                 gate_rules(spec, candidate_model, champion_model, training_set),
             )
+            blessing.message += f" (judged on the newest labelled rows, of {', '.join(judged_on)})"
             mlflow.tag_version(
                 name,
                 version,
@@ -281,6 +290,7 @@ def build_model_promotion(spec: PipelineSpec) -> AssetsDefinition:
             "champion_moved": moved,
             "challenger": shadowed,
             "message": blessing.message,
+            "judged_on": judged_on,
             "rules": blessing.rules,
             "audit": audit,
         }
@@ -296,6 +306,7 @@ def build_model_promotion(spec: PipelineSpec) -> AssetsDefinition:
                 "champion_moved": moved,
                 "challenger": shadowed,
                 "message": blessing.message,
+                "judged_on": MetadataValue.json(judged_on),
                 "metrics": MetadataValue.md(
                     rules_table(blessing.rules) if blessing.rules else blessing.message
                 ),

@@ -198,6 +198,31 @@ class PartitionSpec(StrictModel):
         return self
 
 
+class WindowSpec(StrictModel):
+    """Which labelled days a retraining learns from (see docs/continuous-training.md)."""
+
+    policy: Literal["sliding", "since_change", "weighted"] = Field(
+        default="since_change",
+        description="sliding: the last training_window_days labelled days; since_change: start "
+        "at the first day the drift or performance evidence flagged (when it holds min_rows "
+        "labelled rows, else weighted; sliding when nothing was flagged); weighted: the whole "
+        "window with exponential recency weights.",
+    )
+    half_life_days: float = Field(
+        default=3.0, gt=0, description="weighted: a row's weight halves every this many days."
+    )
+    min_rows: int = Field(
+        default=300, ge=1, description="since_change: labelled rows needed after the change."
+    )
+    holdout_fraction: float = Field(
+        default=0.34,
+        gt=0,
+        lt=1,
+        description="When the window holds no more days than holdout_days (right after a "
+        "change), the newest fraction of its rows by timestamp is the holdout.",
+    )
+
+
 class ModelSpec(StrictModel):
     kind: Literal["hist_gradient_boosting", "random_forest", "linear", "torch_mlp"] = (
         "hist_gradient_boosting"
@@ -205,6 +230,7 @@ class ModelSpec(StrictModel):
     params: dict[str, Any] = Field(default_factory=dict)
     training_window_days: int = Field(default=21, ge=1)
     holdout_days: int = Field(default=3, ge=1)
+    window: WindowSpec = Field(default_factory=WindowSpec)
     seed: int = 42
 
     @model_validator(mode="after")

@@ -15,13 +15,23 @@ from dagster import (
 )
 
 from mlops_assets.data import daily_partitions
-from mlops_assets.features import SPLIT_COLUMN
+from mlops_assets.features import SPLIT_COLUMN, WEIGHT_COLUMN
 from mlops_assets.frames import Frame
 from mlops_assets.governance import (
     governance_metadata,
     lineage_tags,
     log_governance,
     publish_model_card,
+)
+from mlops_assets.keys import (
+    ALARM_PARTITION_TAG,
+    ALARM_VERSION_TAG,
+    CHANGE_DAY_VERSION_TAG,
+    LABEL_CUTOFF_TAG,
+    REFERENCE_TAG,
+    TRIGGER_TAG,
+    TRIGGER_VERSION_TAG,
+    WINDOW_POLICY_TAG,
 )
 from mlops_assets.spec import PREDICTION_COLUMN, PipelineSpec, Task
 from mlops_resources.mlflow_tracking import MLFLOW_RETRY_POLICY, MLflowResource
@@ -168,8 +178,11 @@ def monitored_output(model: Any, X: Frame, spec: PipelineSpec) -> "np.ndarray":
     return np.asarray(model.predict(X), dtype=float)
 
 
-def log_reference(model: Any, spec: PipelineSpec, X_train: Frame) -> None:
-    """Record the drift reference with the model: a seeded sample of its training rows and its
+def log_reference(
+    model: Any, spec: PipelineSpec, X_train: Frame, weights: "np.ndarray | None"
+) -> None:
+    """Record the drift reference with the model: a seeded sample of its training rows (drawn
+    by their training weights, so a recency-weighted model's reference is recent too) and its
     output on them, as an artifact of the active MLflow run."""
     import tempfile
     from pathlib import Path
@@ -177,12 +190,20 @@ def log_reference(model: Any, spec: PipelineSpec, X_train: Frame) -> None:
     import mlflow as mlflow_api
 
     size = min(len(X_train), spec.monitoring.drift.reference_size)
-    sample = X_train.sample(n=size, random_state=spec.model.seed)
+    sample = X_train.sample(n=size, random_state=spec.model.seed, weights=weights)
     reference = sample.assign(**{PREDICTION_COLUMN: monitored_output(model, sample, spec)})
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / REFERENCE_FILE
         reference.to_parquet(path, index=False)
         mlflow_api.log_artifact(str(path), artifact_path=REFERENCE_ARTIFACT_DIR)
+
+
+def train_weights(training_set: Frame) -> "np.ndarray | None":
+    """The train rows' recency weights, or None when every row weighs the same."""
+    if WEIGHT_COLUMN not in training_set:
+        return None
+    weights = training_set.loc[training_set[SPLIT_COLUMN] == "train", WEIGHT_COLUMN].to_numpy()
+    return None if (weights == weights[0]).all() else weights
 
 
 def split(df: Frame, spec: PipelineSpec, part: str) -> "tuple[Frame, pd.Series]":
@@ -206,10 +227,23 @@ def train_model(
     X_train, y_train = split(training_set, spec, "train")
     log.info(f"training {spec.model.kind} on {len(X_train)} rows")
     if spec.model.kind != TORCH_KIND:
-        return build_estimator(spec).fit(X_train, y_train)
+        estimator = build_estimator(spec)
+        weights = train_weights(training_set)
+        if weights is None:
+            return estimator.fit(X_train, y_train)
+        # A Pipeline routes the weights to its model step; CalibratedClassifierCV takes them.
+        key = "model__sample_weight" if hasattr(estimator, "named_steps") else "sample_weight"
+        return estimator.fit(X_train, y_train, **{key: weights})
     columns = [*spec.feature_names, spec.label]
+    train = training_set.loc[training_set[SPLIT_COLUMN] == "train", columns]
+    weights = train_weights(training_set)
+    if weights is not None:  # the same expected loss as weighting it, for every torch launch
+        log.info("torch: recency weights applied by a seeded weighted resample of the rows")
+        train = train.sample(
+            n=len(train), replace=True, weights=weights, random_state=spec.model.seed
+        )
     return torch_executor.fit(
-        training_set.loc[training_set[SPLIT_COLUMN] == "train", columns],
+        train,
         training_set.loc[training_set[SPLIT_COLUMN] == "holdout", columns],
         TabularColumns(
             numeric=[f.name for f in spec.features if f.type == "numeric"],
@@ -269,6 +303,30 @@ def untrusted_types(model: Any) -> list[str]:
 
     buffer = io.BytesIO(sio.dumps(model))
     return sio.get_untrusted_types(data=buffer.getvalue())
+
+
+def window_tags(context: AssetExecutionContext) -> dict[str, str]:
+    """What the version learned from: the training_set's window policy, change day and label
+    cutoff, the days of its drift reference, and the alarm that launched the retraining."""
+    from dagster import AssetKey, AssetRecordsFilter
+
+    records = context.instance.fetch_materializations(
+        AssetRecordsFilter(
+            asset_key=AssetKey("training_set"), asset_partitions=[context.partition_key]
+        ),
+        limit=1,
+    ).records
+    # training_set may come from elsewhere (materialize() with a given input): then unknown
+    metadata = records[0].asset_materialization.metadata if records else {}
+    meta = {k: v.value for k, v in metadata.items()}
+    return {
+        WINDOW_POLICY_TAG: str(meta.get("window_policy", "unknown")),
+        CHANGE_DAY_VERSION_TAG: str(meta.get("change_day", "none")),
+        LABEL_CUTOFF_TAG: str(meta.get("label_cutoff", "unknown")),
+        REFERENCE_TAG: f"train rows of {', '.join(meta.get('days_used') or [])}",
+        TRIGGER_VERSION_TAG: context.run.tags.get(TRIGGER_TAG, "manual"),
+        ALARM_VERSION_TAG: context.run.tags.get(ALARM_PARTITION_TAG, "none"),
+    }
 
 
 def build_candidate_model(spec: PipelineSpec) -> AssetsDefinition:
@@ -339,7 +397,7 @@ def build_candidate_model(spec: PipelineSpec) -> AssetsDefinition:
                 context="training",
             )
             info = log_model(model, spec, X_train.head(50))
-            log_reference(model, spec, X_train)
+            log_reference(model, spec, X_train, train_weights(training_set))
             report = log_governance(
                 context,
                 spec,
@@ -355,6 +413,7 @@ def build_candidate_model(spec: PipelineSpec) -> AssetsDefinition:
                 KIND_TAG: spec.model.kind,
                 "mlops.partition": context.partition_key,
                 "mlops.dagster_run_id": context.run_id,
+                **window_tags(context),
                 **lineage_tags(report),
             },
         )

@@ -4,6 +4,7 @@ import contextlib
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mlops_assets.demo_data import DRIFT_START, write_demo_data
+from mlops_assets.demo_data import DRIFT_START, demo_data_dir, write_demo_data
 from mlops_assets.spec import DEMO_SPEC_PATH
 from mlops_resources.storage import disable_telemetry
 
@@ -23,12 +24,11 @@ REPO = Path(__file__).resolve().parents[1]
 
 TEST_ROWS_PER_DAY = 400
 TEST_WINDOW_DAYS = 6
+TEST_WARMUP_DAYS = TEST_WINDOW_DAYS  # ingest days before training: a window of labels (delay 1)
 TEST_TRAIN_DAYS = 2
 TEST_STATIONARY_DAYS = 3  # monitored days before the demo's drift day
 TEST_MONITOR_DAYS = TEST_STATIONARY_DAYS + 2  # ... then the drift day and one after it
-TEST_START = DRIFT_START - timedelta(
-    days=TEST_WINDOW_DAYS - 1 + TEST_TRAIN_DAYS + TEST_STATIONARY_DAYS
-)
+TEST_START = DRIFT_START - timedelta(days=TEST_WARMUP_DAYS + TEST_TRAIN_DAYS + TEST_STATIONARY_DAYS)
 TEST_EXTRA_DAYS = 2  # data written after the story, for tests that need an unused partition
 
 
@@ -89,18 +89,24 @@ def lifecycle(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     saved = {k: os.environ.get(k) for k in ("MLOPS_HOME", "DAGSTER_HOME", "MLOPS_CONFIG")}
     os.environ["MLOPS_HOME"] = str(root / "home")
     os.environ["DAGSTER_HOME"] = str(root / "home" / "dagster")
-    days = TEST_WINDOW_DAYS - 1 + TEST_TRAIN_DAYS + TEST_MONITOR_DAYS + TEST_EXTRA_DAYS
-    write_demo_data(start=TEST_START, days=days, rows_per_day=TEST_ROWS_PER_DAY)
+    days = TEST_WARMUP_DAYS + TEST_TRAIN_DAYS + TEST_MONITOR_DAYS + TEST_EXTRA_DAYS
+    # Days arrive one at a time from a staging folder (`demo --replay-from`), so a day's labels
+    # are delivered only after it; the extra days arrive after the story.
+    staged = root / "staged"
+    write_demo_data(staged, start=TEST_START, days=days, rows_per_day=TEST_ROWS_PER_DAY)
     demo = yaml.safe_load(DEMO_SPEC_PATH.read_text())
     monitoring = demo["monitoring"]
     # 400 rows a day: metric noise is larger than with the demo's 2,000, so wider tolerances.
     monitoring["performance"].update(
         max_degradation={"roc_auc": 0.1}, rollback_margin={"roc_auc": 0.08}
     )
+    gate = demo["gate"]
+    gate["value_thresholds"]["log_loss"] = {"max": 0.65}  # ... and a looser log-loss bound
     spec_path = write_spec(
         root / "spec.yaml",
         model={**demo["model"], "training_window_days": TEST_WINDOW_DAYS, "holdout_days": 2},
         monitoring=monitoring,
+        gate=gate,
     )
     code, stdout = run_cli(
         "demo",
@@ -113,7 +119,15 @@ def lifecycle(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
         TEST_START.isoformat(),
         "--monitor-days",
         str(TEST_MONITOR_DAYS),
+        "--replay-from",
+        str(staged),
     )
+    extra_days = [
+        TEST_START + timedelta(days=days - TEST_EXTRA_DAYS + i) for i in range(TEST_EXTRA_DAYS)
+    ]
+    for day in extra_days:
+        name = f"loans_{day.isoformat()}.parquet"
+        shutil.copyfile(staged / name, demo_data_dir() / name)
     summary_path = root / "summary.json"
     summary_path.write_text(stdout)
     try:
@@ -126,10 +140,7 @@ def lifecycle(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
             "stdout": stdout,
             "summary": json.loads(stdout),
             "first_day": TEST_START,
-            "extra_days": [
-                TEST_START + timedelta(days=days - TEST_EXTRA_DAYS + i)
-                for i in range(TEST_EXTRA_DAYS)
-            ],
+            "extra_days": extra_days,
         }
     finally:
         for key, value in saved.items():

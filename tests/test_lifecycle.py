@@ -9,7 +9,7 @@ from mlops_assets.features import feature_refs
 from mlops_assets.pipeline import INGEST_JOB, LIFECYCLE_JOB
 from mlops_resources.feast_store import FeastResource
 from mlops_resources.mlflow_tracking import CHAMPION_ALIAS, MLflowResource
-from tests.conftest import TEST_ROWS_PER_DAY, TEST_TRAIN_DAYS, TEST_WINDOW_DAYS
+from tests.conftest import TEST_ROWS_PER_DAY, TEST_TRAIN_DAYS, TEST_WARMUP_DAYS
 
 
 def latest_metadata(instance: DagsterInstance, asset: str, partition: str) -> dict:
@@ -26,13 +26,13 @@ def test_cli_summary_reports_every_run(lifecycle):
     summary = lifecycle["summary"]
     assert lifecycle["exit_code"] == 0
     jobs = [run["job"] for run in summary["runs"]]
-    assert jobs == [INGEST_JOB] * (TEST_WINDOW_DAYS - 1) + [LIFECYCLE_JOB] * TEST_TRAIN_DAYS
+    assert jobs == [INGEST_JOB] * TEST_WARMUP_DAYS + [LIFECYCLE_JOB] * TEST_TRAIN_DAYS
     assert all(run["success"] for run in summary["runs"])
     for run in summary["runs"]:
         assert run["raw_data_rows"] == TEST_ROWS_PER_DAY
         assert run["validated_data_rows"] == TEST_ROWS_PER_DAY
         assert {c["check"] for c in run["checks"]} >= {"great_expectations_suite"}
-    first_training = summary["runs"][TEST_WINDOW_DAYS - 1]
+    first_training = summary["runs"][TEST_WARMUP_DAYS]
     assert first_training["model_version"] == "1"
     assert first_training["gate"]["champion_before"] == "none"
     assert "no champion yet: value thresholds only" in first_training["gate"]["why"]
@@ -52,7 +52,7 @@ def test_champion_is_set_and_tagged(lifecycle):
 def test_predictions_exist_for_each_trained_day(lifecycle):
     instance = DagsterInstance.get()
     spec = lifecycle["spec"]
-    for run in lifecycle["summary"]["runs"][TEST_WINDOW_DAYS - 1 :]:
+    for run in lifecycle["summary"]["runs"][TEST_WARMUP_DAYS:]:
         meta = latest_metadata(instance, "batch_predictions", run["partition"])
         assert meta["dagster/row_count"] == TEST_ROWS_PER_DAY
         stored = pd.read_pickle(
@@ -83,8 +83,8 @@ def test_metadata_links_resolve(lifecycle):
 def test_online_features_match_training_set_row(lifecycle):
     spec = lifecycle["spec"]
     day = lifecycle["summary"]["runs"][-1]["partition"]
-    training = pd.read_pickle(Path(lifecycle["home"]) / "storage" / "training_set" / day)
-    latest = training.sort_values(spec.timestamp).groupby(spec.entity_key).tail(1)
+    offline = FeastResource().offline_data_dir / spec.name / f"{day}.parquet"  # the newest day
+    latest = pd.read_parquet(offline).sort_values(spec.timestamp).groupby(spec.entity_key).tail(1)
     sample = latest.tail(25)
     online = FeastResource().online_features(
         [{spec.entity_key: key} for key in sample[spec.entity_key]], feature_refs(spec)

@@ -18,7 +18,9 @@ from tests.conftest import run_cli, write_spec
 def test_torch_mlp_candidate_is_logged_loaded_and_gated(lifecycle, tmp_path):
     base = yaml.safe_load(lifecycle["spec_path"].read_text())
     spec = load_spec(
-        write_spec(tmp_path / "torch.yaml", model={**base["model"], "kind": "torch_mlp"})
+        write_spec(
+            tmp_path / "torch.yaml", model={**base["model"], "kind": "torch_mlp", "params": {}}
+        )
     )
     mlflow = MLflowResource()
     champion = mlflow.champion(spec.model_name)

@@ -25,7 +25,13 @@ import yaml
 
 from mlops_assets.demo_data import write_demo_data
 from mlops_assets.spec import DEMO_SPEC_PATH, load_spec
-from tests.conftest import TEST_ROWS_PER_DAY, TEST_TRAIN_DAYS, TEST_WINDOW_DAYS, write_spec
+from tests.conftest import (
+    TEST_ROWS_PER_DAY,
+    TEST_TRAIN_DAYS,
+    TEST_WARMUP_DAYS,
+    TEST_WINDOW_DAYS,
+    write_spec,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 SERVICES = REPO / "scripts" / "services.sh"
@@ -102,7 +108,7 @@ def production(
     )
     spec = load_spec(spec_path)
     # Warm-up, training days, MONITOR_DAYS sensor-driven days, then spare days for bad data.
-    days = TEST_WINDOW_DAYS - 1 + TEST_TRAIN_DAYS + MONITOR_DAYS + 2
+    days = TEST_WARMUP_DAYS + TEST_TRAIN_DAYS + MONITOR_DAYS + 2
     write_demo_data(start=spec.partitions.start, days=days, rows_per_day=TEST_ROWS_PER_DAY)
     os.environ["MLOPS_CONFIG"] = str(spec_path)
     command = [sys.executable, "-m", "mlops_assets", "demo", "--json", "--config", str(spec_path)]
