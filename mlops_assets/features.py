@@ -91,6 +91,12 @@ def write_offline_partition(spec: PipelineSpec, feast: FeastResource, day, df: F
     return path
 
 
+# The Dagster pool of every step that writes the Feast registry. It has no limit unless the
+# instance sets one: on one machine FeastResource's registry lock serializes the writers; where
+# steps run on several machines, set `dagster instance concurrency set feast_registry 1`.
+FEAST_WRITE_POOL = "feast_registry"
+
+
 def build_features(spec: PipelineSpec) -> AssetsDefinition:
     @asset(
         name="features",
@@ -99,6 +105,7 @@ def build_features(spec: PipelineSpec) -> AssetsDefinition:
         description="Feast feature view for the spec's features: the day's rows in the offline "
         "store and materialized to the online store.",
         kinds={"feast"},
+        pool=FEAST_WRITE_POOL,
     )
     def features(
         context: AssetExecutionContext, feast: FeastResource, validated_data: Frame
@@ -107,7 +114,12 @@ def build_features(spec: PipelineSpec) -> AssetsDefinition:
         path = write_offline_partition(spec, feast, day, validated_data)
         feast.apply(feast_definitions(spec, feast))
         start, end = day_bounds(day)
-        feast.materialize(start, end, [feature_view_name(spec)])
+        recovered = feast.materialize(start, end, [feature_view_name(spec)])
+        if recovered:
+            context.log.warning(
+                f"feature view(s) {recovered} were left in MATERIALIZING by a process that died; "
+                "put back to a servable state before materializing"
+            )
         context.log.info(f"materialized {len(validated_data)} rows of {day} to the online store")
         return Output(
             None,

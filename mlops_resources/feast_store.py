@@ -1,7 +1,26 @@
-"""Feast: feature registry, offline (point-in-time) reads and the online store."""
+"""Feast: feature registry, offline (point-in-time) reads and the online store.
+
+Several runs may use one store at once (the daemon's queue, a CLI beside `dagster dev`), so:
+
+- registry writers (`apply`, `materialize`) hold an inter-process lock, a `flock` on
+  `<repo>/registry.lock` that the OS releases when its holder dies, and re-read the registry
+  under it, so no writer overwrites another's change with a stale copy;
+- the local registry file is replaced atomically (AtomicFileRegistryStore), so a reader never
+  parses a half-written file and a kill mid-write leaves the previous registry;
+- reads do not depend on a view's materialization state: a view in `MATERIALIZING` serves its
+  last-materialized values (Feast's `serve_features_while_materializing`), and a view left in
+  `MATERIALIZING` by a killed writer is put back to a servable state by the next `materialize`.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import logging
+import os
+import time
+import uuid
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,6 +37,51 @@ if TYPE_CHECKING:
 
 class MissingFeatureRows(ValueError):
     """Entity rows whose keys have no feature rows at all in a feature view's offline source."""
+
+
+REGISTRY_STORE = f"{__name__}.AtomicFileRegistryStore"
+# Feast warns that the flag "typically has no effect" on a file registry; it does: the file
+# registry's reads honour it (tests/test_feast_concurrency.py).
+SERVE_WHILE_MATERIALIZING_WARNING = "`serve_features_while_materializing` is enabled but"
+
+
+def drop_serve_while_materializing_warning(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith(SERVE_WHILE_MATERIALIZING_WARNING)
+
+
+def __getattr__(name: str) -> Any:
+    """AtomicFileRegistryStore is built on first use, so importing this module loads no feast."""
+    if name == "AtomicFileRegistryStore":
+        return atomic_file_registry_store()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+@functools.cache
+def atomic_file_registry_store() -> type:
+    """Feast's FileRegistryStore, writing a temporary file and renaming it over the registry
+    (Feast truncates and rewrites the registry in place)."""
+    from feast.infra.registry.file import FileRegistryStore
+    from feast.utils import _utc_now
+
+    class AtomicFileRegistryStore(FileRegistryStore):
+        def _write_registry(self, registry_proto: Any) -> None:
+            registry_proto.version_id = str(uuid.uuid4())
+            registry_proto.last_updated.FromDatetime(_utc_now())
+            path = Path(self._filepath)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+            try:
+                with open(tmp, "wb") as handle:
+                    handle.write(registry_proto.SerializeToString())
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                os.replace(tmp, path)
+            finally:
+                tmp.unlink(missing_ok=True)
+
+    AtomicFileRegistryStore.__module__ = __name__
+    AtomicFileRegistryStore.__qualname__ = "AtomicFileRegistryStore"
+    return AtomicFileRegistryStore
 
 
 class FeastResource(ConfigurableResource):
@@ -46,6 +110,11 @@ class FeastResource(ConfigurableResource):
         description="Password added to a redis online store's connection_string (pass an "
         "EnvVar: it is never written to config or logs).",
     )
+    registry_lock_timeout_seconds: float = Field(
+        default=3600.0,
+        description="How long `apply` and `materialize` wait for another process's registry "
+        "write (the lock <repo>/registry.lock) before failing.",
+    )
 
     _store: Any = PrivateAttr(default=None)
 
@@ -64,10 +133,11 @@ class FeastResource(ConfigurableResource):
             from feast import FeatureStore, RepoConfig
 
             self.root.mkdir(parents=True, exist_ok=True)
+            logging.getLogger("feast.repo_config").addFilter(drop_serve_while_materializing_warning)
             config = RepoConfig(
                 project=self.project,
                 provider="local",
-                registry=self.registry_path or str(self.root / "registry.db"),
+                registry=self.registry_config(),
                 online_store=self.online_store_config(),
                 offline_store=self.offline_store,
                 entity_key_serialization_version=3,
@@ -75,6 +145,47 @@ class FeastResource(ConfigurableResource):
             )
             self._store = FeatureStore(config=config)
         return self._store
+
+    def registry_config(self) -> dict[str, Any]:
+        """Feast's registry config: reads never fail on a view's MATERIALIZING state, and a
+        local registry file is written atomically."""
+        path = self.registry_path or str(self.root / "registry.db")
+        config: dict[str, Any] = {"path": path, "serve_features_while_materializing": True}
+        if "://" not in path:
+            config["registry_store_type"] = REGISTRY_STORE
+        return config
+
+    @contextlib.contextmanager
+    def registry_lock(self) -> Iterator[None]:
+        """Hold the inter-process lock of registry writers, with the registry re-read under it.
+
+        A `flock` on <repo>/registry.lock: the OS releases it when the holder exits or is
+        killed. It serializes the processes of one machine (or of a file system with working
+        locks); across machines use a Dagster pool limit on `features` (docs/deployment.md).
+        """
+        import fcntl
+
+        self.root.mkdir(parents=True, exist_ok=True)
+        path = self.root / "registry.lock"
+        deadline = time.monotonic() + self.registry_lock_timeout_seconds
+        with open(path, "a+") as handle:
+            while True:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(
+                            f"Feast registry lock {path} still held by another process after "
+                            f"{self.registry_lock_timeout_seconds:.0f} s "
+                            "(registry_lock_timeout_seconds)"
+                        ) from None
+                    time.sleep(0.2)
+            try:
+                self.store().refresh_registry()
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     def online_store_config(self) -> dict[str, Any]:
         """The Feast online_store config, with the password merged in for Redis."""
@@ -86,11 +197,40 @@ class FeastResource(ConfigurableResource):
 
     def apply(self, objects: list[Any]) -> None:
         """Register entities and feature views (idempotent)."""
-        self.store().apply(objects)
+        with self.registry_lock():
+            self.store().apply(objects)
 
-    def materialize(self, start: datetime, end: datetime, feature_views: list[str]) -> None:
-        """Load the offline rows with event time in [start, end) into the online store."""
-        self.store().materialize(start_date=start, end_date=end, feature_views=feature_views)
+    def materialize(self, start: datetime, end: datetime, feature_views: list[str]) -> list[str]:
+        """Load the offline rows with event time in [start, end) into the online store.
+
+        Returns the views that a killed writer had left in MATERIALIZING and that were put back
+        to a servable state first (so a failure now restores that state, not Feast's
+        GENERATED, which would stop reads).
+        """
+        with self.registry_lock():
+            recovered = self.recover_views(feature_views)
+            self.store().materialize(start_date=start, end_date=end, feature_views=feature_views)
+        return recovered
+
+    def recover_views(self, names: list[str]) -> list[str]:
+        """Views in MATERIALIZING (or GENERATED, Feast's state after a failed materialization
+        of one) while this process holds the registry lock: their writer died. They go back
+        to AVAILABLE_ONLINE (materialized before) or to no state (never materialized)."""
+        from feast.feature_view import FeatureViewState
+
+        stuck = {FeatureViewState.MATERIALIZING, FeatureViewState.GENERATED}
+        store = self.store()
+        recovered = []
+        for view in store.list_feature_views():
+            if view.name in names and getattr(view, "state", None) in stuck:
+                view.state = (
+                    FeatureViewState.AVAILABLE_ONLINE
+                    if view.materialization_intervals
+                    else FeatureViewState.STATE_UNSPECIFIED
+                )
+                store.registry.apply_feature_view(view, store.project, commit=True)
+                recovered.append(view.name)
+        return recovered
 
     def historical_features(self, entity_df: pd.DataFrame, features: list[str]) -> pd.DataFrame:
         """Point-in-time correct join of `features` onto entity rows (key + event_timestamp).
