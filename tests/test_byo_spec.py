@@ -104,26 +104,27 @@ def test_join_without_feature_rows_names_source_and_keys(home, tmp_path):
 
 def test_own_csv_and_spec_run_end_to_end(home, tmp_path):
     spec_path = write_house_spec(tmp_path)
-    # Warm-up: 2 ingest and 2 lifecycle days (03-01..03-04); the sensors then drive 03-05, 03-06.
+    # Warm-up: 3 ingest days (a window of delivered labels: 3 days + 1 day's delay - 1) and 2
+    # lifecycle days (03-01..03-05); the sensors then drive 03-06.
     code, stdout = run_cli(
-        "demo", "--json", "--config", str(spec_path), "--train-days", "2", "--monitor-days", "2"
+        "demo", "--json", "--config", str(spec_path), "--train-days", "2", "--monitor-days", "1"
     )
     summary = json.loads(stdout)
 
     assert code == 0, summary
-    assert [r["job"] for r in summary["runs"]] == ["ingest", "ingest", "lifecycle", "lifecycle"]
+    assert [r["job"] for r in summary["runs"]] == ["ingest"] * 3 + ["lifecycle"] * 2
     assert all(r["raw_data_rows"] == 80 for r in summary["runs"])
-    trained = summary["runs"][2]
+    trained = summary["runs"][3]
     assert trained["model_metrics"]["r2"] > 0.5
     assert trained["gate"]["blessed"] and trained["gate"]["champion_moved"]
     assert trained["batch_predictions_rows"] == 80
     assert MLflowResource().champion("house_prices_model") == summary["champion_version"]
-    assert (home / "feast" / "offline" / "house_prices" / "2025-03-04.parquet").is_file()
+    assert (home / "feast" / "offline" / "house_prices" / "2025-03-05.parquet").is_file()
 
     # Each monitored day's houses are new keys: `daily` writes the day's features to Feast
     # before batch_predictions joins them, and the champion scores them on those features.
     houses = pd.read_csv(tmp_path / "houses.csv", dtype={"house": str}).set_index("house")
-    assert [d["day"] for d in summary["days"]] == ["2025-03-05", "2025-03-06"]
+    assert [d["day"] for d in summary["days"]] == ["2025-03-06"]
     for day in summary["days"]:
         (daily,) = [r for r in day["runs"] if r["job"] == "daily"]
         assert daily["success"] and daily["partition"] == day["day"], daily
