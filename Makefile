@@ -26,10 +26,12 @@ install: $(VENV)/.installed
 demo: install
 	$(BIN)/python -m mlops_assets demo
 
+# dagster dev with the instance's run queue limits; stops on Ctrl-C or SIGTERM (see the script).
+DEV_HOST ?= 127.0.0.1
+DEV_PORT ?= 3000
 dev: install
 	$(BIN)/python -m mlops_assets demo-data
-	mkdir -p $(DAGSTER_HOME)
-	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+	bash scripts/dagster-dev.sh $(DEV_HOST) $(DEV_PORT)
 
 mlflow-ui: install
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(MLOPS_HOME)/mlflow/mlflow.db -h 127.0.0.1 -p 5000

@@ -25,28 +25,18 @@ from mlops_assets.pipeline import INGEST_JOB, LIFECYCLE_JOB, build_definitions
 from mlops_assets.promotion import ROLLBACK_JOB
 from mlops_assets.spec import PipelineSpec, SpecError, check_model_params, load_spec
 from mlops_assets.story import champion_now, run_story, story_days
+from mlops_resources.instance import write_instance_yaml
 from mlops_resources.storage import dagster_home, mlops_home
 
 if TYPE_CHECKING:
     from dagster_shared.error import SerializableErrorInfo
 
-DAGSTER_YAML = """\
-# Written by mlops_assets on first use: SQLite storage in this folder, no telemetry.
-telemetry:
-  enabled: false
-nux:
-  enabled: false
-"""
-
 
 def prepare_dagster_home() -> DagsterInstance:
     """The persistent instance in $DAGSTER_HOME (default MLOPS_HOME/dagster), so `dagster dev`
-    shows the runs the CLI made."""
+    shows the runs the CLI made; its dagster.yaml from mlops_resources/instance.py."""
     home = dagster_home()
-    home.mkdir(parents=True, exist_ok=True)
-    config = home / "dagster.yaml"
-    if not config.exists():
-        config.write_text(DAGSTER_YAML)
+    write_instance_yaml(home)
     os.environ["DAGSTER_HOME"] = str(home)
     return DagsterInstance.get()
 

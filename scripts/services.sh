@@ -10,6 +10,7 @@
 #   scripts/services.sh start-ui / stop-ui
 #                                `dagster dev` (webserver + daemon) on 127.0.0.1:$MLOPS_UI_PORT
 #                                for workspace.yaml, with the caller's DAGSTER_HOME/MLOPS_* env
+#                                (through scripts/dagster-dev.sh)
 #   scripts/services.sh ui-url   print the URL of the running UI
 #
 # Everything binds to 127.0.0.1. The default ports lie below Linux's ephemeral range
@@ -250,8 +251,10 @@ start_ui() {
         port="$(choose_port MLOPS_UI_PORT 13000)"
         claim_port "dagster UI" "$port" MLOPS_UI_PORT
         echo "$port" >"$STATE/dagster-ui.port"
+        # dagster-dev.sh restores SIGINT/SIGTERM, which a background start leaves ignored, so
+        # stop-ui's SIGTERM ends it at once instead of after WAIT_SECONDS and a SIGKILL.
         (cd "$REPO" && detach "$STATE/dagster-ui.pid" "$STATE/dagster-ui.log" \
-            "$BIN/dagster" dev -w workspace.yaml -h 127.0.0.1 -p "$port")
+            bash "$REPO/scripts/dagster-dev.sh" 127.0.0.1 "$port")
     fi
     WAIT_SECONDS="${UI_WAIT_SECONDS:-180}" wait_for "dagster UI on port $port" \
         curl -fsS --max-time 5 "http://127.0.0.1:$port/server_info"
