@@ -13,3 +13,5 @@ LABEL_CUTOFF_TAG = "mlops.label_cutoff"
 REFERENCE_TAG = "mlops.drift_reference"
 TRIGGER_VERSION_TAG = "mlops.trigger"
 ALARM_VERSION_TAG = "mlops.alarm_partition"
+REPLACED_TAG = "mlops.replaced_version"  # on a promoted version: the champion it replaced
+INTENT_TAG = "mlops.alias_intent"  # a champion move in progress (see alias_moves.py)

@@ -17,12 +17,9 @@ from dagster import (
     Output,
     asset,
 )
-
 from mlops_assets.data import daily_partitions, newest_arrived_day, partition_day
 from mlops_assets.frames import Frame
 from mlops_assets.markdown import markdown_table
-from mlops_assets.promotion import REPLACED_TAG
-from mlops_assets.spec import METRICS_BY_TASK, PREDICTION_COLUMN, PipelineSpec, metric_gain
 from mlops_assets.training import (
     REFERENCE_ARTIFACT_DIR,
     REFERENCE_FILE,
@@ -35,6 +32,9 @@ from mlops_resources.drift_detection import DriftTest, EvidentlyResource
 from mlops_resources.mlflow_tracking import CHALLENGER_ALIAS, MLFLOW_RETRY_POLICY, MLflowResource
 from mlops_resources.model_loading import load_registered_model
 from mlops_resources.storage import ReportStoreResource
+
+from mlops_assets.keys import REPLACED_TAG
+from mlops_assets.spec import METRICS_BY_TASK, PREDICTION_COLUMN, PipelineSpec, metric_gain
 
 DRIFT_CHECK = "drift_share_below_threshold"
 PERFORMANCE_CHECK = "performance_within_tolerance"

@@ -20,15 +20,13 @@ from dagster import (
     job,
     op,
 )
-from pydantic import Field
-
+from mlops_assets.alias_moves import move_champion_audited, repair_interrupted_moves
 from mlops_assets.data import daily_partitions
 from mlops_assets.features import SPLIT_COLUMN
 from mlops_assets.frames import Frame
-from mlops_assets.governance import gate_rules, publish_model_card, record_audit
+from mlops_assets.governance import gate_rules, publish_model_card
 from mlops_assets.inference import SHADOW_TAG
 from mlops_assets.markdown import markdown_table
-from mlops_assets.spec import METRICS_BY_TASK, GateSpec, PipelineSpec, metric_gain
 from mlops_assets.training import evaluate, split
 from mlops_resources.mlflow_tracking import (
     CHALLENGER_ALIAS,
@@ -37,12 +35,15 @@ from mlops_resources.mlflow_tracking import (
     PromotionConflict,
 )
 from mlops_resources.model_loading import load_registered_model
+from pydantic import Field
+
+from mlops_assets.keys import REPLACED_TAG
+from mlops_assets.spec import METRICS_BY_TASK, GateSpec, PipelineSpec, metric_gain
 
 GATE_CHECK = "promotion_gate"
 MAX_PROMOTION_ATTEMPTS = 3
 ROLLBACK_JOB = "rollback"
 BASELINE_TAG = "mlops.baseline_version"
-REPLACED_TAG = "mlops.replaced_version"
 
 
 @dataclass
@@ -132,19 +133,6 @@ def decide(
     )
 
 
-def record_promotion(
-    context: AssetExecutionContext,
-    mlflow: MLflowResource,
-    name: str,
-    version: str,
-    replaced: str | None,
-    reason: str,
-) -> dict[str, str]:
-    """Tag the replaced version and the audit trail (who, when, run, why); returns the audit."""
-    mlflow.tag_version(name, version, {REPLACED_TAG: replaced or "none"})
-    return record_audit(context, mlflow, name, version, "promote", reason)
-
-
 def settle_challenger(
     context: AssetExecutionContext, mlflow: MLflowResource, name: str, shadow_days: int
 ) -> None:
@@ -163,9 +151,10 @@ def settle_challenger(
             f"champion is now v{champion}: dropped"
         )
     elif len(scored) >= shadow_days:
-        mlflow.move_champion(name, challenger, expected=champion)
+        move_champion_audited(
+            context, mlflow, name, challenger, champion, "promote", f"shadow-scored on {scored}"
+        )
         mlflow.delete_alias(name, CHALLENGER_ALIAS)
-        record_promotion(context, mlflow, name, challenger, champion, f"shadow-scored on {scored}")
         context.log.info(f"challenger v{challenger} promoted after shadow scoring on {scored}")
     else:
         context.log.info(
@@ -215,6 +204,7 @@ def build_model_promotion(spec: PipelineSpec) -> AssetsDefinition:
         name, version = candidate_model["name"], candidate_model["version"]
         X_hold, y_hold = split(training_set, spec, "holdout")
         judged_on = holdout_days(training_set, spec)
+        repair_interrupted_moves(context, mlflow, name)
         if spec.gate.shadow_days:
             settle_challenger(context, mlflow, name, spec.gate.shadow_days)
         before = mlflow.champion(name)
@@ -265,13 +255,12 @@ def build_model_promotion(spec: PipelineSpec) -> AssetsDefinition:
                 shadowed = True
                 break
             try:
-                mlflow.move_champion(name, version, expected=champion_version)
+                audit = move_champion_audited(
+                    context, mlflow, name, version, champion_version, "promote", blessing.message
+                )
             except PromotionConflict as exc:
                 context.log.warning(f"{exc}; re-evaluating against the new champion")
                 continue
-            audit = record_promotion(
-                context, mlflow, name, version, champion_version, blessing.message
-            )
             moved = True
             break
         else:
@@ -365,6 +354,7 @@ def build_rollback_job(spec: PipelineSpec) -> Any:
         name = spec.model_name
         if not config.reason.strip():
             raise Failure("a rollback needs a reason")
+        repair_interrupted_moves(context, mlflow, name)
         current = mlflow.champion(name)
         if config.from_version and current != config.from_version:
             skipped = (
@@ -377,13 +367,8 @@ def build_rollback_job(spec: PipelineSpec) -> Any:
         if current is None:
             raise Failure(f"{name} has no champion: nothing to roll back")
         target = rollback_target(mlflow, name, current, config.to_version)
-        mlflow.move_champion(name, target, expected=current)
-        audit = record_audit(context, mlflow, name, current, "rollback", config.reason)
-        mlflow.tag_version(name, current, {"mlops.rolled_back_to": target})
-        mlflow.tag_version(
-            name,
-            target,
-            {"mlops.restored_at": audit["mlops.rolled_back_at"], "mlops.restored_from": current},
+        audit = move_champion_audited(
+            context, mlflow, name, target, current, "rollback", config.reason
         )
         record = {
             "from_version": current,

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import random
+import socket
 import time
 import uuid
 from collections.abc import Iterator
@@ -28,6 +30,8 @@ LOCK_SUFFIX = ".promotion-lock"
 LOCK_WAIT_SECONDS = 120.0
 LOCK_STALE_SECONDS = 300.0
 LOCK_OWNER_TAG = "mlops.lock_owner"
+LOCK_HOST_TAG = "mlops.lock_host"
+LOCK_PID_TAG = "mlops.lock_pid"
 LEASE_TAKEN_CODES = ("RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST")
 
 
@@ -179,8 +183,9 @@ class MLflowResource(ConfigurableResource):
 
         MLflow has no conditional alias update, but creating a registered model is atomic (its
         name is unique in every backend), so the lease is a registered model `<name>` +
-        LOCK_SUFFIX, deleted on exit. A lease older than LOCK_STALE_SECONDS (its holder died) is
-        broken. Raises PromotionConflict if the lease stays taken for `wait_seconds`.
+        LOCK_SUFFIX, deleted on exit. A lease whose holder process is gone (same host, pid not
+        alive) or older than LOCK_STALE_SECONDS (a holder on another host died) is broken.
+        Raises PromotionConflict, naming the holder, if the lease stays taken for `wait_seconds`.
         """
         from mlflow.exceptions import MlflowException
 
@@ -192,7 +197,11 @@ class MLflowResource(ConfigurableResource):
             try:
                 client.create_registered_model(
                     lock,
-                    tags={LOCK_OWNER_TAG: owner},
+                    tags={
+                        LOCK_OWNER_TAG: owner,
+                        LOCK_HOST_TAG: socket.gethostname(),
+                        LOCK_PID_TAG: str(os.getpid()),
+                    },
                     description=f"Lease held while a promotion moves the aliases of {name}.",
                 )
                 break
@@ -201,10 +210,12 @@ class MLflowResource(ConfigurableResource):
                 # MLflow was looking up the name that failed its unique constraint.
                 if exc.error_code not in LEASE_TAKEN_CODES:
                     raise
-            break_stale_lease(client, lock)
+            holder = break_stale_lease(client, lock)
             if time.monotonic() > deadline:
                 raise PromotionConflict(
-                    f"the promotion lease {lock} stayed taken for {wait_seconds:.0f} s"
+                    f"the promotion lease {lock} stayed taken for {wait_seconds:.0f} s "
+                    f"(held by {holder}; it is broken once that process is gone, or after "
+                    f"{LOCK_STALE_SECONDS:.0f} s)"
                 )
             time.sleep(random.uniform(0.05, 0.3))
         try:
@@ -246,11 +257,30 @@ def release_lease(client: MlflowClient, lock: str, owner: str) -> None:
             client.delete_registered_model(lock)
 
 
-def break_stale_lease(client: MlflowClient, lock: str) -> None:
-    """Delete the promotion lease `lock` if older than LOCK_STALE_SECONDS (its holder died)."""
+def break_stale_lease(client: MlflowClient, lock: str) -> str:
+    """Delete the promotion lease `lock` if its holder died: a process of this host that is no
+    longer alive, or any holder after LOCK_STALE_SECONDS. Returns who holds it, in words."""
     from mlflow.exceptions import MlflowException
 
-    with contextlib.suppress(MlflowException):  # released (or broken) by someone else meanwhile
+    try:
         held = client.get_registered_model(lock)
-        if time.time() - held.creation_timestamp / 1000 > LOCK_STALE_SECONDS:
+    except MlflowException:  # released (or broken) by someone else meanwhile
+        return "nobody (released)"
+    host, pid = held.tags.get(LOCK_HOST_TAG, ""), held.tags.get(LOCK_PID_TAG, "")
+    age = time.time() - held.creation_timestamp / 1000
+    dead = host == socket.gethostname() and pid.isdigit() and not process_alive(int(pid))
+    if dead or age > LOCK_STALE_SECONDS:
+        with contextlib.suppress(MlflowException):
             client.delete_registered_model(lock)
+    return f"pid {pid or '?'} on {host or '?'} for {age:.0f} s"
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process of this host with this pid exists (signal 0 probes, sends nothing)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
