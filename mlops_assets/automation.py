@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 from dagster import (
-    AssetKey,
     AssetObservation,
     AssetRecordsFilter,
     DagsterRunStatus,
@@ -30,17 +29,24 @@ from dagster import (
 )
 
 from mlops_assets.data import day_of_path, partition_day, read_file
-from mlops_assets.keys import ALARM_PARTITION_TAG, CHANGE_DAY_TAG, TRIGGER_TAG
-from mlops_assets.promotion import ROLLBACK_JOB
+from mlops_assets.keys import (
+    ALARM_PARTITION_TAG,
+    CHANGE_DAY_TAG,
+    DAILY_JOB,
+    DRIFT_SENSOR,
+    FEEDBACK_JOB,
+    NEW_DATA_SENSOR,
+    NIGHTLY_SCHEDULE,
+    RETRAIN_JOB,
+    ROLLBACK_JOB,
+    ROLLBACK_OP,
+    TRIGGER_TAG,
+    asset_key,
+    scoped_name,
+)
 from mlops_assets.spec import PipelineSpec
 from mlops_assets.windows import label_cutoff, labels_due
 
-DAILY_JOB = "daily"
-RETRAIN_JOB = "retrain"
-FEEDBACK_JOB = "label_feedback"
-NEW_DATA_SENSOR = "new_data_sensor"
-DRIFT_SENSOR = "drift_sensor"
-NIGHTLY_SCHEDULE = "nightly_training"
 MAX_EVENTS_PER_TICK = 500
 IN_FLIGHT = [
     DagsterRunStatus.QUEUED,
@@ -83,7 +89,7 @@ def build_new_data_sensor(spec: PipelineSpec, daily_job: Any, feedback_job: Any)
     lag = spec.monitoring.performance.label_delay_days
 
     @sensor(
-        name=NEW_DATA_SENSOR,
+        name=scoped_name(spec, NEW_DATA_SENSOR),
         jobs=[daily_job, feedback_job],
         minimum_interval_seconds=60,
         default_status=DefaultSensorStatus.STOPPED,
@@ -102,11 +108,11 @@ def build_new_data_sensor(spec: PipelineSpec, daily_job: Any, feedback_job: Any)
                 if in_partitions(spec, day, today):
                     by_day.setdefault(day, []).append(path)
         feedback = feedback_requests(context, spec, lag, arrived_day(spec, current))
-        hold = waiting_for_feedback(context, feedback) if by_day else None
+        hold = waiting_for_feedback(context, spec, feedback) if by_day else None
         requests = feedback + [
             RunRequest(
                 run_key=f"{DAILY_JOB}:{day}:{digest(changed, paths)}",
-                job_name=DAILY_JOB,
+                job_name=daily_job.name,
                 partition_key=day.isoformat(),
                 tags={TRIGGER_TAG: "new source files"},
             )
@@ -143,19 +149,19 @@ def feedback_requests(
 ) -> list[RunRequest]:
     """model_performance for every scored day whose labels are due (delivered by `now`, the
     newest arrived day) and not yet evaluated."""
-    validated = context.instance.get_materialized_partitions(AssetKey("validated_data"))
+    validated = context.instance.get_materialized_partitions(asset_key(spec, "validated_data"))
     if not validated or now is None:
         return []
-    evaluated = context.instance.get_materialized_partitions(AssetKey("model_performance"))
+    evaluated = context.instance.get_materialized_partitions(asset_key(spec, "model_performance"))
     due = sorted(
         p
         for p in validated - evaluated
-        if labels_due(spec, partition_day(p), now) and batch_scored(context, p)
+        if labels_due(spec, partition_day(p), now) and batch_scored(context, spec, p)
     )
     return [
         RunRequest(
             run_key=f"{FEEDBACK_JOB}:{p}",
-            job_name=FEEDBACK_JOB,
+            job_name=scoped_name(spec, FEEDBACK_JOB),
             partition_key=p,
             tags={TRIGGER_TAG: f"labels due ({lag} day(s) after the partition)"},
         )
@@ -164,7 +170,7 @@ def feedback_requests(
 
 
 def waiting_for_feedback(
-    context: SensorEvaluationContext, feedback: list[RunRequest]
+    context: SensorEvaluationContext, spec: PipelineSpec, feedback: list[RunRequest]
 ) -> str | None:
     """Why a new day must wait before it is scored, or None: delivered labels are evaluated,
     and whatever retraining they call for is done, before the next day is served."""
@@ -174,31 +180,38 @@ def waiting_for_feedback(
         run
         for job_name in (FEEDBACK_JOB, RETRAIN_JOB, ROLLBACK_JOB)
         for run in context.instance.get_runs(
-            filters=RunsFilter(job_name=job_name, statuses=IN_FLIGHT), limit=1
+            filters=RunsFilter(job_name=scoped_name(spec, job_name), statuses=IN_FLIGHT),
+            limit=1,
         )
     ]
     if busy:
         return f"run {busy[0].run_id} ({busy[0].job_name}) in flight"
-    latest = context.instance.fetch_materializations(AssetKey("model_performance"), limit=1)
+    performance = asset_key(spec, "model_performance")
+    latest = context.instance.fetch_materializations(performance, limit=1)
     if latest.records:
         record = latest.records[0]
         seen = context.instance.fetch_observations(
             AssetRecordsFilter(
-                asset_key=AssetKey("model_performance"),
+                asset_key=performance,
                 asset_partitions=[record.partition_key],
                 after_storage_id=record.storage_id,
             ),
             limit=1,
         )
         if not seen.records:
-            return f"model_performance {record.partition_key} not yet read by {DRIFT_SENSOR}"
+            return (
+                f"model_performance {record.partition_key} not yet read by "
+                f"{scoped_name(spec, DRIFT_SENSOR)}"
+            )
     return None
 
 
-def batch_scored(context: SensorEvaluationContext, partition: str) -> bool:
+def batch_scored(context: SensorEvaluationContext, spec: PipelineSpec, partition: str) -> bool:
     """Only days a champion scored have something to evaluate."""
     records = context.instance.fetch_materializations(
-        AssetRecordsFilter(asset_key=AssetKey("batch_predictions"), asset_partitions=[partition]),
+        AssetRecordsFilter(
+            asset_key=asset_key(spec, "batch_predictions"), asset_partitions=[partition]
+        ),
         limit=1,
     )
     return bool(records.records)
@@ -209,7 +222,7 @@ def build_drift_sensor(spec: PipelineSpec, retrain_job: Any, rollback_job: Any) 
     cooldown = monitoring.retrain_cooldown_days
 
     @sensor(
-        name=DRIFT_SENSOR,
+        name=scoped_name(spec, DRIFT_SENSOR),
         jobs=[retrain_job, rollback_job],
         minimum_interval_seconds=60,
         default_status=DefaultSensorStatus.STOPPED,
@@ -229,7 +242,7 @@ def build_drift_sensor(spec: PipelineSpec, retrain_job: Any, rollback_job: Any) 
                 record
                 for key in ("drift_report", "model_performance")
                 for record in context.instance.fetch_materializations(
-                    AssetRecordsFilter(asset_key=AssetKey(key), after_storage_id=after),
+                    AssetRecordsFilter(asset_key=asset_key(spec, key), after_storage_id=after),
                     limit=MAX_EVENTS_PER_TICK,
                     ascending=True,
                 ).records
@@ -248,10 +261,10 @@ def build_drift_sensor(spec: PipelineSpec, retrain_job: Any, rollback_job: Any) 
                 requests.append(rollback)
             if evidence is not None and (alarm is None or evidence["day"] < alarm["day"]):
                 alarm = evidence
-            if record.asset_key == AssetKey("model_performance"):
+            if record.asset_key == asset_key(spec, "model_performance"):
                 observations.append(
                     AssetObservation(
-                        asset_key="model_performance",
+                        asset_key=asset_key(spec, "model_performance"),
                         partition=record.partition_key,
                         metadata={"drift_sensor_decision": decision[:1000]},
                     )
@@ -275,11 +288,14 @@ def build_drift_sensor(spec: PipelineSpec, retrain_job: Any, rollback_job: Any) 
     return drift_sensor
 
 
-def last_retrain_partition(context: SensorEvaluationContext) -> str | None:
+def last_retrain_partition(context: SensorEvaluationContext, spec: PipelineSpec) -> str | None:
     """The partition of the latest retraining this sensor launched, read from the instance (not
     the cursor), so the cooldown survives a lost cursor."""
     runs = context.instance.get_runs(
-        filters=RunsFilter(job_name=RETRAIN_JOB, tags={"dagster/sensor_name": DRIFT_SENSOR}),
+        filters=RunsFilter(
+            job_name=scoped_name(spec, RETRAIN_JOB),
+            tags={"dagster/sensor_name": scoped_name(spec, DRIFT_SENSOR)},
+        ),
         limit=1,
     )
     return runs[0].tags.get("dagster/partition") if runs else None
@@ -290,7 +306,7 @@ def read_evidence(
 ) -> tuple[RunRequest | None, dict[str, str] | None, str]:
     """One drift_report / model_performance materialization: a rollback request, an alarm
     (the day of the evidence and why), and the decision in words."""
-    asset = record.asset_key.to_user_string()
+    asset = record.asset_key.path[-1]  # the asset's name, without the pipeline prefix
     partition = record.partition_key
     meta = {k: v.value for k, v in record.asset_materialization.metadata.items()}
     version = meta.get("model_version")
@@ -304,8 +320,8 @@ def read_evidence(
             # One rollback per champion version, whatever the number of days behind it.
             RunRequest(
                 run_key=f"{ROLLBACK_JOB}:from-v{version}",
-                job_name=ROLLBACK_JOB,
-                run_config={"ops": {"rollback_champion": {"config": config}}},
+                job_name=scoped_name(spec, ROLLBACK_JOB),
+                run_config={"ops": {scoped_name(spec, ROLLBACK_OP): {"config": config}}},
                 tags={TRIGGER_TAG: reason[:255]},
             ),
             None,
@@ -344,14 +360,14 @@ def retrain_request(
             f"alarm kept until labels of {alarm['day']} are delivered: {alarm['why']}",
             True,
         )
-    last = last_retrain_partition(context)
+    last = last_retrain_partition(context, spec)
     if last and (newest - partition_day(last)).days < cooldown:
         return None, f"no retraining (retrained for {last}, cooldown {cooldown} days)", False
     partition = newest.isoformat()
     return (
         RunRequest(
             run_key=f"{RETRAIN_JOB}:{partition}:alarm-{alarm['day']}",
-            job_name=RETRAIN_JOB,
+            job_name=scoped_name(spec, RETRAIN_JOB),
             partition_key=partition,
             tags={
                 TRIGGER_TAG: alarm["why"][:255],
@@ -368,7 +384,7 @@ def build_nightly_schedule(spec: PipelineSpec, retrain_job: Any) -> Any:
     """Nightly continuous training of the previous day's partition; on only if the spec says."""
     return build_schedule_from_partitioned_job(
         retrain_job,
-        name=NIGHTLY_SCHEDULE,
+        name=scoped_name(spec, NIGHTLY_SCHEDULE),
         hour_of_day=spec.monitoring.nightly_cron_hour,
         description="Continuous training: retrain, gate and promote on yesterday's partition.",
         default_status=DefaultScheduleStatus.RUNNING

@@ -1,9 +1,13 @@
 """Command line: run the lifecycle headless through Dagster and print what happened.
 
-python -m mlops_assets demo [--config FILE] [--json] [--train-days N]
+python -m mlops_assets demo [--config FILE | --model NAME] [--json] [--train-days N]
 python -m mlops_assets demo-data
-python -m mlops_assets retire --version N --reason TEXT [--force] [--config FILE]
-python -m mlops_assets reproduce --version N [--json] [--config FILE]
+python -m mlops_assets retire --version N --reason TEXT [--force] [--config FILE | --model NAME]
+python -m mlops_assets reproduce --version N [--json] [--config FILE | --model NAME]
+
+Which pipeline: --config FILE (or $MLOPS_CONFIG), else the one named by --model among those the
+Dagster project in the current folder declares (defs/<model>/defs.yaml), else that project's
+only pipeline (or its demo pipeline, as in this repo), else the bundled demo.
 """
 
 import argparse
@@ -21,8 +25,16 @@ from typing import TYPE_CHECKING, Any
 from dagster import DagsterEventType, DagsterInstance, Definitions
 
 from mlops_assets.governance import reproduce_command, retire_command
-from mlops_assets.pipeline import INGEST_JOB, LIFECYCLE_JOB, build_definitions
-from mlops_assets.promotion import ROLLBACK_JOB
+from mlops_assets.keys import (
+    INGEST_JOB,
+    LIFECYCLE_JOB,
+    ROLLBACK_JOB,
+    ROLLBACK_OP,
+    pipeline_of,
+    scoped_name,
+)
+from mlops_assets.pipeline import build_definitions
+from mlops_assets.project import CONFIG_ENV, project_specs
 from mlops_assets.spec import PipelineSpec, SpecError, check_model_params, load_spec
 from mlops_assets.story import champion_now, run_story, story_days
 from mlops_resources.instance import write_instance_yaml
@@ -42,7 +54,8 @@ def prepare_dagster_home() -> DagsterInstance:
 
 
 def summarize_run(result: Any, day: str, job: str, seconds: float) -> dict[str, Any]:
-    """What a person wants from one run: rows, checks, model, gate verdict, predictions."""
+    """What a person wants from one run: rows, checks, model, gate verdict, predictions. Assets
+    are named without their pipeline prefix (a run is of one pipeline's job)."""
     summary: dict[str, Any] = {
         "partition": day,
         "job": job,
@@ -53,7 +66,7 @@ def summarize_run(result: Any, day: str, job: str, seconds: float) -> dict[str, 
     }
     for event in result.get_asset_materialization_events():
         materialization = event.event_specific_data.materialization
-        key = materialization.asset_key.to_user_string()
+        key = materialization.asset_key.path[-1]
         meta = {k: v.value for k, v in materialization.metadata.items()}
         if key in ("raw_data", "validated_data", "training_set", "batch_predictions"):
             summary[f"{key}_rows"] = meta.get("dagster/row_count")
@@ -96,11 +109,12 @@ def summarize_run(result: Any, day: str, job: str, seconds: float) -> dict[str, 
                 **{k: round(v, 4) for k, v in meta.items() if k.startswith("live_")},
             }
     if job == ROLLBACK_JOB and result.success:
-        summary["rollback"] = result.output_for_node("rollback_champion")
+        op = scoped_name(pipeline_of(result.job_def.name), ROLLBACK_OP)
+        summary["rollback"] = result.output_for_node(op)
     for evaluation in result.get_asset_check_evaluations():
         summary["checks"].append(
             {
-                "asset": evaluation.asset_key.to_user_string(),
+                "asset": evaluation.asset_key.path[-1],
                 "check": evaluation.check_name,
                 "passed": evaluation.passed,
                 "description": evaluation.description,
@@ -232,7 +246,7 @@ def run_demo(
     runs = []
     for day, job_name in plan:
         arrive(date.fromisoformat(day))
-        job = defs.resolve_job_def(job_name)
+        job = defs.resolve_job_def(scoped_name(spec, job_name))
         started = time.monotonic()
         print(f"[{day}] running {job_name} ...", file=sys.stderr, flush=True)
         result = job.execute_in_process(partition_key=day, instance=instance, raise_on_error=False)
@@ -325,11 +339,11 @@ def format_day(day: dict[str, Any]) -> str:
 def rollback_command(spec: PipelineSpec, reason: str, to_version: str) -> int:
     """Run the rollback job for the user; prints what moved, or why nothing did."""
     instance = prepare_dagster_home()
-    job = build_definitions(spec).resolve_job_def(ROLLBACK_JOB)
+    job = build_definitions(spec).resolve_job_def(scoped_name(spec, ROLLBACK_JOB))
     config = {"reason": reason, "to_version": to_version}
     with contextlib.redirect_stdout(sys.stderr):
         result = job.execute_in_process(
-            run_config={"ops": {"rollback_champion": {"config": config}}},
+            run_config={"ops": {scoped_name(spec, ROLLBACK_OP): {"config": config}}},
             instance=instance,
             tags={"user": getpass.getuser()},
             raise_on_error=False,
@@ -346,11 +360,48 @@ def rollback_command(spec: PipelineSpec, reason: str, to_version: str) -> int:
     return 0
 
 
+def choose_spec(config: str | None, model: str | None, project: Path) -> PipelineSpec:
+    """The pipeline a command acts on (see the module docstring); SpecError when --model names
+    no pipeline of the project, or when the project has several and none is named."""
+    config = config or os.environ.get(CONFIG_ENV)
+    if config:
+        spec = load_spec(config)
+        if model and model != spec.name:
+            raise SpecError(f"--model {model}: the spec {config} is pipeline {spec.name!r}")
+        return spec
+    specs = project_specs(project)
+    if model:
+        if model not in specs:
+            known = ", ".join(sorted(specs)) or "none: no Dagster project (pyproject [tool.dg])"
+            raise SpecError(f"--model {model}: no pipeline of that name in {project} ({known})")
+        return specs[model]
+    if len(specs) > 1:
+        demo = [spec for spec in specs.values() if spec.is_bundled_demo]
+        if not demo:
+            raise SpecError(
+                f"{project} defines {len(specs)} pipelines ({', '.join(sorted(specs))}): pick "
+                "one with --model NAME"
+            )
+        others = ", ".join(sorted(set(specs) - {demo[0].name}))
+        print(f"pipeline {demo[0].name} (the demo; others: {others}, see --model)", file=sys.stderr)
+        return demo[0]
+    return next(iter(specs.values())) if specs else load_spec()
+
+
+def add_spec_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="pipeline spec YAML (default: $MLOPS_CONFIG)")
+    parser.add_argument(
+        "--model",
+        help="the pipeline of that name in the Dagster project of the current folder (needed "
+        "when it defines several; default: its only one or its demo, else the bundled demo)",
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mlops_assets")
     commands = parser.add_subparsers(dest="command", required=True)
     demo = commands.add_parser("demo", help="run the lifecycle headless through Dagster")
-    demo.add_argument("--config", help="pipeline spec YAML (default: $MLOPS_CONFIG or the demo)")
+    add_spec_arguments(demo)
     demo.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
     demo.add_argument(
         "--train-days", type=int, default=2, help="days of training + promotion (default 2)"
@@ -376,9 +427,7 @@ def main(argv: list[str] | None = None) -> int:
     rollback = commands.add_parser(
         "rollback", help="move the champion back to the version it replaced"
     )
-    rollback.add_argument(
-        "--config", help="pipeline spec YAML (default: $MLOPS_CONFIG or the demo)"
-    )
+    add_spec_arguments(rollback)
     rollback.add_argument("--reason", required=True, help="why (recorded on both versions)")
     rollback.add_argument("--to-version", default="", help="a blessed version (default: previous)")
     commands.add_parser("demo-data", help="write the bundled demo dataset into MLOPS_HOME")
@@ -387,7 +436,7 @@ def main(argv: list[str] | None = None) -> int:
         "reproduce", help="retrain a model version from its recorded inputs, compare metrics"
     )
     for sub in (retire, reproduce):
-        sub.add_argument("--config", help="pipeline spec YAML (default: $MLOPS_CONFIG or the demo)")
+        add_spec_arguments(sub)
         sub.add_argument("--version", required=True, help="registered model version")
     retire.add_argument("--reason", required=True, help="why (recorded in the audit trail)")
     retire.add_argument("--force", action="store_true", help="allow retiring the champion")
@@ -403,7 +452,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.config:
         os.environ["MLOPS_CONFIG"] = str(args.config)
     try:
-        spec = load_spec(args.config)
+        spec = choose_spec(args.config, args.model, Path.cwd())
         check_model_params(spec)
     except SpecError as exc:
         print(exc, file=sys.stderr)

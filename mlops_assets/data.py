@@ -146,8 +146,9 @@ def read_partition(spec: PipelineSpec, day: date) -> tuple[Frame, list[Path]]:
 def build_raw_data(spec: PipelineSpec) -> AssetsDefinition:
     @asset(
         name="raw_data",
+        key_prefix=spec.name,
         partitions_def=daily_partitions(spec),
-        group_name="data",
+        group_name=spec.name,
         description=f"Rows of {spec.name} read from {spec.source.path}, one UTC day a partition.",
         kinds={"pandas", "parquet" if spec.source.path.endswith("parquet") else "csv"},
     )

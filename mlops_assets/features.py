@@ -25,7 +25,7 @@ from mlops_assets.data import (
     table_schema,
 )
 from mlops_assets.frames import Frame
-from mlops_assets.keys import CHANGE_DAY_TAG
+from mlops_assets.keys import CHANGE_DAY_TAG, asset_ins, asset_key
 from mlops_assets.spec import PipelineSpec
 from mlops_assets.windows import (
     choose_window,
@@ -100,8 +100,10 @@ FEAST_WRITE_POOL = "feast_registry"
 def build_features(spec: PipelineSpec) -> AssetsDefinition:
     @asset(
         name="features",
+        key_prefix=spec.name,
+        ins=asset_ins(spec, "validated_data"),
         partitions_def=daily_partitions(spec),
-        group_name="features",
+        group_name=spec.name,
         description="Feast feature view for the spec's features: the day's rows in the offline "
         "store and materialized to the online store.",
         kinds={"feast"},
@@ -136,16 +138,19 @@ def build_features(spec: PipelineSpec) -> AssetsDefinition:
     return features
 
 
-def flagged_days(context: AssetExecutionContext, days: list[date]) -> list[date]:
+def flagged_days(
+    context: AssetExecutionContext, spec: PipelineSpec, days: list[date]
+) -> list[date]:
     """Days among `days` whose drift_report flagged drift or whose model_performance flagged
     degradation: the evidence of a change."""
-    from dagster import AssetKey, AssetRecordsFilter
+    from dagster import AssetRecordsFilter
 
     flagged = set()
     for key, flag in (("drift_report", "drift_detected"), ("model_performance", "degraded")):
         records = context.instance.fetch_materializations(
             AssetRecordsFilter(
-                asset_key=AssetKey(key), asset_partitions=[d.isoformat() for d in days]
+                asset_key=asset_key(spec, key),
+                asset_partitions=[d.isoformat() for d in days],
             ),
             limit=10 * len(days),
         ).records
@@ -156,13 +161,13 @@ def flagged_days(context: AssetExecutionContext, days: list[date]) -> list[date]
     return sorted(flagged)
 
 
-def change_day(context: AssetExecutionContext, days: list[date]) -> date | None:
+def change_day(context: AssetExecutionContext, spec: PipelineSpec, days: list[date]) -> date | None:
     """The change a retraining adapts to: the run's CHANGE_DAY_TAG (set by the drift sensor),
     else the first flagged day in the window."""
     tagged = context.run.tags.get(CHANGE_DAY_TAG)
     if tagged:
         return partition_day(tagged)
-    flagged = flagged_days(context, days)
+    flagged = flagged_days(context, spec, days)
     return flagged[0] if flagged else None
 
 
@@ -172,11 +177,12 @@ def build_training_set(spec: PipelineSpec) -> AssetsDefinition:
 
     @asset(
         name="training_set",
+        key_prefix=spec.name,
         partitions_def=daily_partitions(spec),
-        group_name="features",
+        group_name=spec.name,
         deps=[
             AssetDep(
-                "features",
+                asset_key(spec, "features"),
                 partition_mapping=TimeWindowPartitionMapping(
                     start_offset=-(size - 1), allow_nonexistent_upstream_partitions=True
                 ),
@@ -202,7 +208,7 @@ def build_training_set(spec: PipelineSpec) -> AssetsDefinition:
                 f"in {candidates[0]}..{cutoff} (labels arrive {lag} day(s) after their day). "
                 "Materialize `features` for earlier days first."
             )
-        window = choose_window(spec, cutoff, rows_by_day, change_day(context, candidates))
+        window = choose_window(spec, cutoff, rows_by_day, change_day(context, spec, candidates))
         import pandas as pd
 
         labels = pd.concat(

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dagster import (
-    AssetKey,
     AssetRecordsFilter,
     AssetsDefinition,
     Config,
@@ -36,6 +35,7 @@ from dagster import (
 from mlops_assets.data import content_hash
 from mlops_assets.features import SPLIT_COLUMN
 from mlops_assets.frames import Frame
+from mlops_assets.keys import RETIRE_JOB, RETIRE_OP, asset_key, scoped_name
 from mlops_assets.spec import METRICS_BY_TASK, PipelineSpec, SliceSpec, Task
 from mlops_resources.mlflow_tracking import MLflowResource
 
@@ -49,7 +49,6 @@ TRAINING_SET_FILE = "training_set.parquet"
 SPEC_FILE = "spec.json"
 REPORT_FILE = "report.json"
 TORCH_SETTINGS_FILE = "torch_executor.json"
-RETIRE_JOB = "retire_model"
 DATA_VERSION_TAG = "mlops.data_version.training_set"
 CODE_VERSION_TAG = "mlops.code_version"
 RETIRED_TAG = "mlops.retired"
@@ -130,7 +129,7 @@ def with_code_versions(spec: PipelineSpec, assets: list[AssetsDefinition]) -> li
         module = sys.modules[asset_def.op.compute_fn.decorated_fn.__module__]
         return asset_def.map_asset_specs(
             lambda s: s.replace_attributes(
-                code_version=code_version(spec, s.key.to_user_string(), str(module.__file__))
+                code_version=code_version(spec, s.key.path[-1], str(module.__file__))
             )
         )
 
@@ -158,10 +157,13 @@ def git_commit() -> str:
     return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
 
 
-def upstream_data_versions(context: Any, asset: str, partitions: list[str]) -> dict[str, str]:
-    """Latest recorded DataVersion of `asset` for each partition, from the Dagster instance."""
+def upstream_data_versions(
+    context: Any, spec: PipelineSpec, asset: str, partitions: list[str]
+) -> dict[str, str]:
+    """Latest recorded DataVersion of the pipeline's `asset` for each partition, from the
+    Dagster instance."""
     records = context.instance.fetch_materializations(
-        AssetRecordsFilter(asset_key=AssetKey(asset), asset_partitions=partitions),
+        AssetRecordsFilter(asset_key=asset_key(spec, asset), asset_partitions=partitions),
         limit=len(partitions) * 20,
     ).records
     versions: dict[str, str] = {}
@@ -181,7 +183,7 @@ def lineage(context: Any, spec: PipelineSpec, training_set: Frame) -> dict[str, 
         "dagster_run_id": context.run_id,
         "data_versions": {
             "training_set": content_hash(training_set),
-            "features": upstream_data_versions(context, "features", days),
+            "features": upstream_data_versions(context, spec, "features", days),
         },
         "code_version": context.assets_def.code_versions_by_key.get(context.asset_key),
         "spec_hash": hashlib.sha256(
@@ -789,7 +791,7 @@ class RetireConfig(Config):
 
 def build_retirement_job(spec: PipelineSpec) -> JobDefinition:
     @op(
-        name="retire_model_version",
+        name=scoped_name(spec, RETIRE_OP),
         description=f"Archive a version of {spec.model_name}: remove its aliases, tag it "
         "retired, keep its artifacts and model card; refuses the champion unless forced.",
     )
@@ -816,7 +818,10 @@ def build_retirement_job(spec: PipelineSpec) -> JobDefinition:
             },
         )
 
-    @job(name=RETIRE_JOB, description=f"Retire a version of {spec.model_name} (run config).")
+    @job(
+        name=scoped_name(spec, RETIRE_JOB),
+        description=f"Retire a version of {spec.model_name} (run config).",
+    )
     def retire_model() -> None:
         retire_model_version()
 
@@ -935,8 +940,8 @@ def retire_command(
     1 when refused (the reason goes to stderr)."""
     config = {"version": version, "reason": reason, "force": force}
     with contextlib.redirect_stdout(sys.stderr):
-        result = defs.resolve_job_def(RETIRE_JOB).execute_in_process(
-            run_config={"ops": {"retire_model_version": {"config": config}}},
+        result = defs.resolve_job_def(scoped_name(spec, RETIRE_JOB)).execute_in_process(
+            run_config={"ops": {scoped_name(spec, RETIRE_OP): {"config": config}}},
             instance=instance,
             tags={"user": getpass.getuser()},
             raise_on_error=False,
@@ -949,7 +954,7 @@ def retire_command(
         ]
         print(f"not retired: {'; '.join(errors) or 'run failed'}", file=sys.stderr)
         return 1
-    done = result.output_for_node("retire_model_version")
+    done = result.output_for_node(scoped_name(spec, RETIRE_OP))
     print(
         f"retired {spec.model_name} v{version} (aliases removed: "
         f"{', '.join(done['aliases_removed']) or 'none'}; dagster run {result.run_id})"

@@ -6,6 +6,7 @@ from dagster import AssetExecutionContext, AssetsDefinition, MetadataValue, Outp
 from mlops_assets.data import daily_partitions
 from mlops_assets.features import feature_refs
 from mlops_assets.frames import Frame
+from mlops_assets.keys import asset_ins, asset_key
 from mlops_assets.spec import PipelineSpec
 from mlops_assets.training import positive_class
 from mlops_resources.feast_store import FeastResource
@@ -90,9 +91,11 @@ def shadow_score(
 def build_batch_predictions(spec: PipelineSpec) -> AssetsDefinition:
     @asset(
         name="batch_predictions",
+        key_prefix=spec.name,
+        ins=asset_ins(spec, "validated_data"),
         partitions_def=daily_partitions(spec),
-        group_name="inference",
-        deps=["model_promotion", "features"],
+        group_name=spec.name,
+        deps=[asset_key(spec, "model_promotion"), asset_key(spec, "features")],
         output_required=False,
         description="The partition's rows scored by the current champion (loaded from the "
         "registry by alias), with features read through Feast; a challenger, while one exists, "

@@ -17,9 +17,12 @@ from dagster import (
     Output,
     asset,
 )
+
 from mlops_assets.data import daily_partitions, newest_arrived_day, partition_day
 from mlops_assets.frames import Frame
+from mlops_assets.keys import REPLACED_TAG, asset_ins, asset_key
 from mlops_assets.markdown import markdown_table
+from mlops_assets.spec import METRICS_BY_TASK, PREDICTION_COLUMN, PipelineSpec, metric_gain
 from mlops_assets.training import (
     REFERENCE_ARTIFACT_DIR,
     REFERENCE_FILE,
@@ -32,9 +35,6 @@ from mlops_resources.drift_detection import DriftTest, EvidentlyResource
 from mlops_resources.mlflow_tracking import CHALLENGER_ALIAS, MLFLOW_RETRY_POLICY, MLflowResource
 from mlops_resources.model_loading import load_registered_model
 from mlops_resources.storage import ReportStoreResource
-
-from mlops_assets.keys import REPLACED_TAG
-from mlops_assets.spec import METRICS_BY_TASK, PREDICTION_COLUMN, PipelineSpec, metric_gain
 
 DRIFT_CHECK = "drift_share_below_threshold"
 PERFORMANCE_CHECK = "performance_within_tolerance"
@@ -93,15 +93,17 @@ def build_drift_report(spec: PipelineSpec) -> AssetsDefinition:
 
     @asset(
         name="drift_report",
+        key_prefix=spec.name,
+        ins=asset_ins(spec, "validated_data", "batch_predictions"),
         partitions_def=daily_partitions(spec),
-        group_name="monitoring",
+        group_name=spec.name,
         description="Evidently data drift of every feature and prediction drift for the day, "
         "against the training reference recorded with the model that scored it. The HTML "
         "report is linked; the metadata carries what the drift sensor reads.",
         check_specs=[
             AssetCheckSpec(
                 DRIFT_CHECK,
-                asset="drift_report",
+                asset=asset_key(spec, "drift_report"),
                 description=f"Share of drifted features stays below {drift.drift_share}.",
             )
         ],
@@ -237,9 +239,11 @@ def build_model_performance(spec: PipelineSpec) -> AssetsDefinition:
 
     @asset(
         name="model_performance",
+        key_prefix=spec.name,
+        ins=asset_ins(spec, "validated_data", "batch_predictions"),
         partitions_def=daily_partitions(spec),
-        group_name="monitoring",
-        deps=["model_promotion"],
+        group_name=spec.name,
+        deps=[asset_key(spec, "model_promotion")],
         description=f"The predictions actually served for a day (batch_predictions), scored on "
         f"its labels once they are delivered ({performance.label_delay_days} day(s) later), "
         "versus the served version's training-time holdout; the current champion and "
@@ -248,14 +252,14 @@ def build_model_performance(spec: PipelineSpec) -> AssetsDefinition:
         check_specs=[
             AssetCheckSpec(
                 PERFORMANCE_CHECK,
-                asset="model_performance",
+                asset=asset_key(spec, "model_performance"),
                 description="No metric of the served predictions worse than the served "
                 f"version's training-time holdout beyond max_degradation "
                 f"{performance.max_degradation}.",
             ),
             AssetCheckSpec(
                 REGRESSION_CHECK,
-                asset="model_performance",
+                asset=asset_key(spec, "model_performance"),
                 description="The champion, on days it served, is not worse than the version it "
                 f"replaced beyond rollback_margin {performance.rollback_margin} (else: roll "
                 "back).",

@@ -7,9 +7,6 @@ from typing import Any
 from dagster import AssetSelection, Definitions, define_asset_job
 
 from mlops_assets.automation import (
-    DAILY_JOB,
-    FEEDBACK_JOB,
-    RETRAIN_JOB,
     build_drift_sensor,
     build_new_data_sensor,
     build_nightly_schedule,
@@ -18,6 +15,15 @@ from mlops_assets.data import build_raw_data
 from mlops_assets.features import build_features, build_training_set
 from mlops_assets.governance import build_retirement_job, with_code_versions
 from mlops_assets.inference import build_batch_predictions
+from mlops_assets.keys import (
+    DAILY_JOB,
+    FEEDBACK_JOB,
+    INGEST_JOB,
+    LIFECYCLE_JOB,
+    RETRAIN_JOB,
+    asset_key,
+    scoped_name,
+)
 from mlops_assets.monitoring import build_drift_report, build_model_performance
 from mlops_assets.promotion import build_model_promotion, build_rollback_job
 from mlops_assets.spec import PipelineSpec
@@ -26,8 +32,18 @@ from mlops_assets.validation import build_validated_data
 from mlops_resources.profiles import profile_resources
 from mlops_resources.storage import disable_telemetry
 
-LIFECYCLE_JOB = "lifecycle"
-INGEST_JOB = "ingest"
+# Every lifecycle asset's name, in graph order; its key is `<pipeline>/<name>`.
+ASSET_NAMES = (
+    "raw_data",
+    "validated_data",
+    "features",
+    "training_set",
+    "candidate_model",
+    "model_promotion",
+    "batch_predictions",
+    "drift_report",
+    "model_performance",
+)
 INGEST_ASSETS = ["raw_data", "validated_data", "features"]
 TRAINING_ASSETS = ["training_set", "candidate_model", "model_promotion"]
 
@@ -56,42 +72,51 @@ def default_resources() -> dict[str, Any]:
     return profile_resources()
 
 
+def selection(spec: PipelineSpec, *assets: str) -> AssetSelection:
+    """The pipeline's assets named `assets` (their keys carry the pipeline's prefix)."""
+    return AssetSelection.assets(*(asset_key(spec, name) for name in assets))
+
+
 def build_jobs(spec: PipelineSpec) -> dict[str, Any]:
-    """The asset jobs by name: what the CLI, the sensors and the schedule launch."""
-    jobs = [
-        define_asset_job(
-            INGEST_JOB,
-            selection=AssetSelection.assets(*INGEST_ASSETS),
+    """The asset jobs by base name (DAILY_JOB, ...): what the CLI, the sensors and the schedule
+    launch. Each job's own name is scoped to the pipeline (`<pipeline>__daily`)."""
+    jobs = {
+        INGEST_JOB: define_asset_job(
+            scoped_name(spec, INGEST_JOB),
+            selection=selection(spec, *INGEST_ASSETS),
             description="Ingest one day: read, validate (blocking GX checks) and load features "
             "into Feast.",
         ),
-        define_asset_job(
-            DAILY_JOB,
-            selection=AssetSelection.assets(*INGEST_ASSETS, "batch_predictions", "drift_report"),
+        DAILY_JOB: define_asset_job(
+            scoped_name(spec, DAILY_JOB),
+            selection=selection(spec, *INGEST_ASSETS, "batch_predictions", "drift_report"),
             description="A new day: ingest, score with the champion (and shadow-score a "
             "challenger), report drift.",
         ),
-        define_asset_job(
-            RETRAIN_JOB,
-            selection=AssetSelection.assets(*TRAINING_ASSETS),
+        RETRAIN_JOB: define_asset_job(
+            scoped_name(spec, RETRAIN_JOB),
+            selection=selection(spec, *TRAINING_ASSETS),
             description="Continuous training: training set, candidate, gate and promotion.",
         ),
-        define_asset_job(
-            FEEDBACK_JOB,
-            selection=AssetSelection.assets("model_performance"),
+        FEEDBACK_JOB: define_asset_job(
+            scoped_name(spec, FEEDBACK_JOB),
+            selection=selection(spec, "model_performance"),
             description="Labels have arrived for a day: the champion's performance on them.",
         ),
-        define_asset_job(
-            LIFECYCLE_JOB,
-            selection=AssetSelection.all() - AssetSelection.assets("model_performance"),
+        LIFECYCLE_JOB: define_asset_job(
+            scoped_name(spec, LIFECYCLE_JOB),
+            selection=selection(spec, *(a for a in ASSET_NAMES if a != "model_performance")),
             description="The whole lifecycle for one day: ingest, validate, features, train, "
             "gate, predict, drift.",
         ),
-    ]
-    return {job.name: job for job in jobs}
+    }
+    return jobs
 
 
-def build_definitions(spec: PipelineSpec, resources: dict[str, Any] | None = None) -> Definitions:
+def build_pipeline_definitions(spec: PipelineSpec) -> Definitions:
+    """One pipeline's assets, checks, jobs, sensors and schedule, without resources: what the
+    TabularMLPipeline component returns, so that many pipelines merge into one code location
+    whose resources (shared by all of them) come from the project's definitions.py."""
     disable_telemetry()
     jobs = build_jobs(spec)
     rollback = build_rollback_job(spec)
@@ -103,5 +128,13 @@ def build_definitions(spec: PipelineSpec, resources: dict[str, Any] | None = Non
             build_drift_sensor(spec, jobs[RETRAIN_JOB], rollback),
         ],
         schedules=[build_nightly_schedule(spec, jobs[RETRAIN_JOB])],
-        resources={**default_resources(), **(resources or {})},
+    )
+
+
+def build_definitions(spec: PipelineSpec, resources: dict[str, Any] | None = None) -> Definitions:
+    """One pipeline with the active profile's resources (`resources` override them by key): a
+    whole code location for a single spec, as the CLI and $MLOPS_CONFIG use it."""
+    return Definitions.merge(
+        build_pipeline_definitions(spec),
+        Definitions(resources={**default_resources(), **(resources or {})}),
     )

@@ -20,13 +20,24 @@ from dagster import (
     job,
     op,
 )
+from pydantic import Field
+
 from mlops_assets.alias_moves import move_champion_audited, repair_interrupted_moves
 from mlops_assets.data import daily_partitions
 from mlops_assets.features import SPLIT_COLUMN
 from mlops_assets.frames import Frame
 from mlops_assets.governance import gate_rules, publish_model_card
 from mlops_assets.inference import SHADOW_TAG
+from mlops_assets.keys import (
+    REPLACED_TAG,
+    ROLLBACK_JOB,
+    ROLLBACK_OP,
+    asset_ins,
+    asset_key,
+    scoped_name,
+)
 from mlops_assets.markdown import markdown_table
+from mlops_assets.spec import METRICS_BY_TASK, GateSpec, PipelineSpec, metric_gain
 from mlops_assets.training import evaluate, split
 from mlops_resources.mlflow_tracking import (
     CHALLENGER_ALIAS,
@@ -35,14 +46,9 @@ from mlops_resources.mlflow_tracking import (
     PromotionConflict,
 )
 from mlops_resources.model_loading import load_registered_model
-from pydantic import Field
-
-from mlops_assets.keys import REPLACED_TAG
-from mlops_assets.spec import METRICS_BY_TASK, GateSpec, PipelineSpec, metric_gain
 
 GATE_CHECK = "promotion_gate"
 MAX_PROMOTION_ATTEMPTS = 3
-ROLLBACK_JOB = "rollback"
 BASELINE_TAG = "mlops.baseline_version"
 
 
@@ -181,14 +187,16 @@ def build_model_promotion(spec: PipelineSpec) -> AssetsDefinition:
 
     @asset(
         name="model_promotion",
+        key_prefix=spec.name,
+        ins=asset_ins(spec, "candidate_model", "training_set"),
         partitions_def=daily_partitions(spec),
-        group_name="training",
+        group_name=spec.name,
         description="Champion/challenger gate: evaluates candidate and champion on the same "
         "holdout; only a blessed candidate moves the `champion` alias (compare-and-set).",
         check_specs=[
             AssetCheckSpec(
                 GATE_CHECK,
-                asset="model_promotion",
+                asset=asset_key(spec, "model_promotion"),
                 description="The candidate passed the promotion gate.",
             )
         ],
@@ -347,7 +355,10 @@ def rollback_target(mlflow: MLflowResource, name: str, current: str, to_version:
 
 
 def build_rollback_job(spec: PipelineSpec) -> Any:
-    @op(name="rollback_champion", description="Move the champion alias back (compare-and-set).")
+    @op(
+        name=scoped_name(spec, ROLLBACK_OP),
+        description="Move the champion alias back (compare-and-set).",
+    )
     def rollback_op(
         context: OpExecutionContext, config: RollbackConfig, mlflow: MLflowResource
     ) -> dict[str, str]:
@@ -384,7 +395,7 @@ def build_rollback_job(spec: PipelineSpec) -> Any:
         return record
 
     @job(
-        name=ROLLBACK_JOB,
+        name=scoped_name(spec, ROLLBACK_JOB),
         description="Move the champion alias back to the version it replaced (or a chosen "
         "blessed version), recording who, when and why.",
     )

@@ -10,6 +10,7 @@ import os
 import re
 from datetime import date
 from enum import StrEnum
+from functools import cache
 from itertools import pairwise
 from pathlib import Path
 from typing import Any, Literal
@@ -589,13 +590,19 @@ class PipelineSpec(StrictModel):
 
     @property
     def is_bundled_demo(self) -> bool:
-        return self.spec_path == DEMO_SPEC_PATH.resolve()
+        """The bundled demo spec: its file, or the same spec declared elsewhere (the repo's
+        defs/loan_default/defs.yaml), whose data the CLI writes day by day."""
+        if self.spec_path == DEMO_SPEC_PATH.resolve():
+            return True
+        return self.model_dump() == bundled_demo_spec().model_dump()
 
 
-def _format_errors(path: Path, error: ValidationError) -> str:
+def format_errors(path: Path, error: ValidationError, prefix: str = "") -> str:
+    """One line per error: the key (under `prefix`, e.g. `attributes` in a defs.yaml) and the
+    rule, after the file's name."""
     lines = [f"invalid pipeline spec {path}:"]
     for item in error.errors():
-        where = ".".join(str(p) for p in item["loc"]) or "(top level)"
+        where = ".".join(str(p) for p in (prefix, *item["loc"]) if p != "") or "(top level)"
         message = item["msg"]
         if item["type"] == "extra_forbidden":
             message = "unknown key (check the spelling; see docs/configuration.md)"
@@ -684,7 +691,12 @@ def load_spec(path: str | os.PathLike[str] | None = None) -> PipelineSpec:
     try:
         return PipelineSpec.model_validate({**raw, "spec_path": spec_path.resolve()})
     except ValidationError as exc:
-        raise SpecError(_format_errors(spec_path, exc)) from None
+        raise SpecError(format_errors(spec_path, exc)) from None
+
+
+@cache
+def bundled_demo_spec() -> PipelineSpec:
+    return load_spec(DEMO_SPEC_PATH)
 
 
 def check_model_params(spec: PipelineSpec) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 
 from dagster import DagsterInstance, Definitions, RunRequest, RunsFilter, build_sensor_context
 
-from mlops_assets.automation import DAILY_JOB, DRIFT_SENSOR, NEW_DATA_SENSOR
+from mlops_assets.keys import DAILY_JOB, DRIFT_SENSOR, NEW_DATA_SENSOR, base_name, scoped_name
 from mlops_assets.spec import PipelineSpec
 
 RUN_KEY_TAG = "dagster/run_key"
@@ -54,7 +54,8 @@ def launch(
     request: RunRequest,
     summarize: Any,
 ) -> dict[str, Any] | None:
-    """Execute a sensor's run request in process; None when its run_key already ran."""
+    """Execute a sensor's run request in process; None when its run_key already ran. The
+    summary names the job by its base name (`retrain`, not `<pipeline>__retrain`)."""
     if request.run_key and already_launched(instance, sensor, request.run_key):
         return None
     job = defs.resolve_job_def(request.job_name)
@@ -69,13 +70,15 @@ def launch(
         tags=tags,
         raise_on_error=False,
     )
-    summary = summarize(result, request.partition_key, request.job_name, time.monotonic() - started)
+    job_name = base_name(request.job_name)
+    summary = summarize(result, request.partition_key, job_name, time.monotonic() - started)
     summary["run_key"] = request.run_key
     return summary
 
 
 def describe(request: RunRequest) -> dict[str, Any]:
-    return {"job": request.job_name, "partition": request.partition_key, "run_key": request.run_key}
+    job = base_name(request.job_name)
+    return {"job": job, "partition": request.partition_key, "run_key": request.run_key}
 
 
 def run_story(
@@ -89,7 +92,11 @@ def run_story(
     """Simulate `days`: `arrive(day)` makes the day's source file appear, then both sensors
     are ticked in turn and their requests launched until neither asks for more (at most
     MAX_ROUNDS_PER_DAY rounds), as the daemon would over a few minutes."""
-    tickers = {name: SensorTicker(defs, instance, name) for name in (NEW_DATA_SENSOR, DRIFT_SENSOR)}
+    tickers = {
+        name: SensorTicker(defs, instance, scoped_name(spec, name))
+        for name in (NEW_DATA_SENSOR, DRIFT_SENSOR)
+    }
+    daily = scoped_name(spec, DAILY_JOB)
     story = []
     for day in days:
         key = day.isoformat()
@@ -102,14 +109,12 @@ def run_story(
             for name, ticker in tickers.items():
                 requests, skip = ticker.tick()
                 # Days before this one were processed before the story: not re-run.
-                requests = [
-                    r for r in requests if r.job_name != DAILY_JOB or r.partition_key >= key
-                ]
+                requests = [r for r in requests if r.job_name != daily or r.partition_key >= key]
                 record[name]["run_requests"] += [describe(r) for r in requests]
                 if skip and skip not in (record[name]["skip"] or ""):
                     record[name]["skip"] = "; ".join(filter(None, [record[name]["skip"], skip]))
                 for request in requests:
-                    if (run := launch(defs, instance, name, request, summarize)) is not None:
+                    if (run := launch(defs, instance, ticker.name, request, summarize)) is not None:
                         record["runs"].append(run)
                         launched += 1
             if not launched:

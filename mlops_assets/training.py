@@ -32,6 +32,8 @@ from mlops_assets.keys import (
     TRIGGER_TAG,
     TRIGGER_VERSION_TAG,
     WINDOW_POLICY_TAG,
+    asset_ins,
+    asset_key,
 )
 from mlops_assets.spec import PREDICTION_COLUMN, PipelineSpec, Task
 from mlops_resources.mlflow_tracking import MLFLOW_RETRY_POLICY, MLflowResource
@@ -305,14 +307,14 @@ def untrusted_types(model: Any) -> list[str]:
     return sio.get_untrusted_types(data=buffer.getvalue())
 
 
-def window_tags(context: AssetExecutionContext) -> dict[str, str]:
+def window_tags(context: AssetExecutionContext, spec: PipelineSpec) -> dict[str, str]:
     """What the version learned from: the training_set's window policy, change day and label
     cutoff, the days of its drift reference, and the alarm that launched the retraining."""
-    from dagster import AssetKey, AssetRecordsFilter
+    from dagster import AssetRecordsFilter
 
     records = context.instance.fetch_materializations(
         AssetRecordsFilter(
-            asset_key=AssetKey("training_set"), asset_partitions=[context.partition_key]
+            asset_key=asset_key(spec, "training_set"), asset_partitions=[context.partition_key]
         ),
         limit=1,
     ).records
@@ -332,14 +334,16 @@ def window_tags(context: AssetExecutionContext) -> dict[str, str]:
 def build_candidate_model(spec: PipelineSpec) -> AssetsDefinition:
     @asset(
         name="candidate_model",
+        key_prefix=spec.name,
+        ins=asset_ins(spec, "training_set"),
         partitions_def=daily_partitions(spec),
-        group_name="training",
+        group_name=spec.name,
         description=f"A {spec.model.kind} model trained on training_set, logged to MLflow and "
         f"registered as a new version of {spec.model_name}.",
         check_specs=[
             AssetCheckSpec(
                 LOAD_CHECK,
-                asset="candidate_model",
+                asset=asset_key(spec, "candidate_model"),
                 blocking=True,
                 description="The registered version loads from the registry and "
                 "predicts on holdout rows.",
@@ -413,7 +417,7 @@ def build_candidate_model(spec: PipelineSpec) -> AssetsDefinition:
                 KIND_TAG: spec.model.kind,
                 "mlops.partition": context.partition_key,
                 "mlops.dagster_run_id": context.run_id,
-                **window_tags(context),
+                **window_tags(context, spec),
                 **lineage_tags(report),
             },
         )

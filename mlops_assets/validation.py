@@ -25,6 +25,7 @@ from mlops_assets.data import (
     table_schema,
 )
 from mlops_assets.frames import Frame
+from mlops_assets.keys import asset_ins, asset_key
 from mlops_assets.spec import PipelineSpec
 from mlops_resources.validation import (
     ExpectationConfig,
@@ -188,14 +189,16 @@ def check_result(outcome: ValidationOutcome, source: str) -> AssetCheckResult:
 def build_validated_data(spec: PipelineSpec) -> AssetsDefinition:
     @asset(
         name="validated_data",
+        key_prefix=spec.name,
+        ins=asset_ins(spec, "raw_data"),
         partitions_def=daily_partitions(spec),
-        group_name="data",
+        group_name=spec.name,
         description="raw_data with the spec's types applied; the GX suite gates everything "
         "downstream (blocking check).",
         check_specs=[
             AssetCheckSpec(
                 GX_CHECK,
-                asset="validated_data",
+                asset=asset_key(spec, "validated_data"),
                 blocking=True,
                 description="Great Expectations suite built from the pipeline spec.",
             )

@@ -12,10 +12,16 @@ import pandas as pd
 import pytest
 from dagster import AssetMaterialization, DagsterInstance, instance_for_test
 
-from mlops_assets.automation import DRIFT_SENSOR, RETRAIN_JOB
 from mlops_assets.demo_data import DRIFT_START, generate_day
 from mlops_assets.features import SPLIT_COLUMN, WEIGHT_COLUMN
-from mlops_assets.keys import ALARM_PARTITION_TAG, CHANGE_DAY_TAG
+from mlops_assets.keys import (
+    ALARM_PARTITION_TAG,
+    CHANGE_DAY_TAG,
+    DRIFT_SENSOR,
+    RETRAIN_JOB,
+    asset_key,
+    scoped_name,
+)
 from mlops_assets.monitoring import drift_tests
 from mlops_assets.pipeline import build_definitions
 from mlops_assets.promotion import decide
@@ -163,13 +169,13 @@ def test_retraining_waits_for_labels_after_the_alarm_and_trains_the_newest_day(t
     window starting at C, with the alarm in its tags."""
     spec = adaptive_spec(tmp_path)
     defs = build_definitions(spec)
-    sensor = defs.resolve_sensor_def(DRIFT_SENSOR)
+    sensor = defs.resolve_sensor_def(scoped_name(spec, DRIFT_SENSOR))
     with instance_for_test() as instance:
         for day in (C - timedelta(days=1), C):
             arrive(spec, day)
         instance.report_runless_asset_event(
             AssetMaterialization(
-                asset_key="drift_report",
+                asset_key=asset_key(spec, "drift_report"),
                 partition=C.isoformat(),
                 metadata={"model_version": "1", "drift_detected": True, "drift_share": 0.6},
             )
@@ -180,7 +186,8 @@ def test_retraining_waits_for_labels_after_the_alarm_and_trains_the_newest_day(t
         arrive(spec, C + timedelta(days=1))
         second = tick(sensor, instance, defs, first.cursor)
         [request] = second.run_requests
-        assert request.job_name == RETRAIN_JOB and request.partition_key == C.isoformat()
+        assert request.job_name == scoped_name(spec, RETRAIN_JOB)
+        assert request.partition_key == C.isoformat()
         assert request.tags[CHANGE_DAY_TAG] == request.tags[ALARM_PARTITION_TAG] == "2024-03-10"
         assert not tick(sensor, instance, defs, second.cursor).run_requests  # alarm consumed
 
@@ -190,12 +197,12 @@ def test_degradation_of_a_replaced_version_is_no_alarm(tmp_path):
     the champion: no retraining, and the decision is recorded on the asset."""
     spec = adaptive_spec(tmp_path)
     defs = build_definitions(spec)
-    sensor = defs.resolve_sensor_def(DRIFT_SENSOR)
+    sensor = defs.resolve_sensor_def(scoped_name(spec, DRIFT_SENSOR))
     with instance_for_test() as instance:
         arrive(spec, C + timedelta(days=1))
         instance.report_runless_asset_event(
             AssetMaterialization(
-                asset_key="model_performance",
+                asset_key=asset_key(spec, "model_performance"),
                 partition=C.isoformat(),
                 metadata={
                     "model_version": "1",
@@ -216,15 +223,14 @@ def test_no_training_set_uses_a_label_before_its_delivery(lifecycle):
     """Every training_set of the story: its label cutoff is before the day it was built for
     when that day's own file had just arrived (lifecycle runs), and no row is after the
     cutoff."""
-    from dagster import AssetKey
-
     instance = DagsterInstance.get()
+    spec = lifecycle["spec"]
     lifecycle_days = {
         r["partition"] for r in lifecycle["summary"]["runs"] if r["job"] == "lifecycle"
     }
-    records = instance.fetch_materializations(AssetKey("training_set"), limit=200).records
+    records = instance.fetch_materializations(asset_key(spec, "training_set"), limit=200).records
     assert records
-    storage = lifecycle["home"] / "storage" / "training_set"
+    storage = lifecycle["home"] / "storage" / spec.name / "training_set"
     lag = lifecycle["spec"].monitoring.performance.label_delay_days
     for record in records:
         partition = record.partition_key

@@ -1,9 +1,10 @@
 """A bad partition: the blocking GX check fails naming each rule; nothing downstream runs."""
 
 import pandas as pd
-from dagster import AssetKey, DagsterInstance
+from dagster import DagsterInstance
 
-from mlops_assets.pipeline import LIFECYCLE_JOB, build_definitions
+from mlops_assets.keys import LIFECYCLE_JOB, asset_key, scoped_name
+from mlops_assets.pipeline import build_definitions
 from mlops_resources.mlflow_tracking import MLflowResource
 
 
@@ -21,7 +22,7 @@ def test_bad_partition_is_stopped_by_the_blocking_check(lifecycle):
 
     champion_before = MLflowResource().champion(spec.model_name)
     instance = DagsterInstance.get()
-    job = build_definitions(spec).resolve_job_def(LIFECYCLE_JOB)
+    job = build_definitions(spec).resolve_job_def(scoped_name(spec, LIFECYCLE_JOB))
     result = job.execute_in_process(partition_key=day, instance=instance, raise_on_error=False)
 
     assert not result.success
@@ -53,11 +54,11 @@ def test_bad_partition_is_stopped_by_the_blocking_check(lifecycle):
     )
 
     materialized = {
-        e.event_specific_data.materialization.asset_key.to_user_string()
+        e.event_specific_data.materialization.asset_key
         for e in result.get_asset_materialization_events()
     }
-    assert materialized == {"raw_data", "validated_data"}
+    assert materialized == {asset_key(spec, "raw_data"), asset_key(spec, "validated_data")}
     for downstream in ("features", "training_set", "candidate_model", "batch_predictions"):
-        assert day not in instance.get_materialized_partitions(AssetKey(downstream))
+        assert day not in instance.get_materialized_partitions(asset_key(spec, downstream))
     assert not (lifecycle["home"] / "feast" / "offline" / spec.name / f"{day}.parquet").exists()
     assert MLflowResource().champion(spec.model_name) == champion_before

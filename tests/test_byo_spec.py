@@ -7,9 +7,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from dagster import AssetKey
 
 from mlops_assets.features import feast_definitions, feature_refs, write_offline_partition
+from mlops_assets.keys import DAILY_JOB, asset_key, scoped_name
 from mlops_assets.pipeline import build_definitions
 from mlops_assets.spec import load_spec
 from mlops_resources.feast_store import FeastResource, MissingFeatureRows
@@ -78,9 +78,10 @@ def house_day(tmp_path, day: date) -> pd.DataFrame:
 
 
 def test_daily_job_writes_features_before_scoring(home, tmp_path):
-    defs = build_definitions(load_spec(write_house_spec(tmp_path)))
-    graph = defs.resolve_job_def("daily").asset_layer.asset_graph
-    assert AssetKey("features") in graph.get(AssetKey("batch_predictions")).parent_keys
+    spec = load_spec(write_house_spec(tmp_path))
+    graph = build_definitions(spec).resolve_job_def(scoped_name(spec, DAILY_JOB)).asset_layer
+    parents = graph.asset_graph.get(asset_key(spec, "batch_predictions")).parent_keys
+    assert asset_key(spec, "features") in parents
 
 
 def test_join_without_feature_rows_names_source_and_keys(home, tmp_path):
@@ -129,7 +130,9 @@ def test_own_csv_and_spec_run_end_to_end(home, tmp_path):
         (daily,) = [r for r in day["runs"] if r["job"] == "daily"]
         assert daily["success"] and daily["partition"] == day["day"], daily
         assert daily["batch_predictions_rows"] == 80
-        stored = pd.read_pickle(home / "storage" / "batch_predictions" / day["day"])
+        stored = pd.read_pickle(
+            home / "storage" / "house_prices" / "batch_predictions" / day["day"]
+        )
         assert set(stored["model_version"]) == {daily["drift"]["model_version"]}
         price = houses.loc[stored["house"], "price"].to_numpy()
         residual = ((price - stored["prediction"].to_numpy()) ** 2).sum()

@@ -10,7 +10,6 @@ import pandas as pd
 import pytest
 import yaml
 from dagster import (
-    AssetKey,
     DagsterInstance,
     DefaultScheduleStatus,
     RunsFilter,
@@ -19,15 +18,20 @@ from dagster import (
     instance_for_test,
 )
 
-from mlops_assets.automation import (
+from mlops_assets.demo_data import DRIFT_START, generate_day, write_demo_data
+from mlops_assets.keys import (
     DAILY_JOB,
     DRIFT_SENSOR,
     FEEDBACK_JOB,
     NEW_DATA_SENSOR,
     NIGHTLY_SCHEDULE,
+    RETIRE_JOB,
     RETRAIN_JOB,
+    ROLLBACK_JOB,
+    ROLLBACK_OP,
+    asset_key,
+    scoped_name,
 )
-from mlops_assets.demo_data import DRIFT_START, generate_day, write_demo_data
 from mlops_assets.pipeline import build_definitions
 from mlops_assets.spec import load_spec
 from mlops_assets.story import SensorTicker, already_launched
@@ -40,9 +44,12 @@ from tests.conftest import (
     write_spec,
 )
 
+# Every spec here is the demo's (or a variant of it): one pipeline name.
+PIPELINE = "loan_default"
+
 
 def metadata(instance: DagsterInstance, asset: str, partition: str) -> dict:
-    records = instance.fetch_materializations(AssetKey(asset), limit=200).records
+    records = instance.fetch_materializations(asset_key(PIPELINE, asset), limit=200).records
     for record in records:
         if record.asset_materialization.partition == partition:
             return {k: v.value for k, v in record.asset_materialization.metadata.items()}
@@ -50,9 +57,14 @@ def metadata(instance: DagsterInstance, asset: str, partition: str) -> dict:
 
 
 def run_job(spec_path: Path, job: str, partition: str | None = None, **kwargs):
-    defs = build_definitions(load_spec(spec_path))
-    return defs.resolve_job_def(job).execute_in_process(
-        partition_key=partition, instance=DagsterInstance.get(), raise_on_error=False, **kwargs
+    """Run the spec's `job` (a base name: `daily`, not `<pipeline>__daily`)."""
+    spec = load_spec(spec_path)
+    return (
+        build_definitions(spec)
+        .resolve_job_def(scoped_name(spec, job))
+        .execute_in_process(
+            partition_key=partition, instance=DagsterInstance.get(), raise_on_error=False, **kwargs
+        )
     )
 
 
@@ -113,21 +125,26 @@ def test_drift_report_links_its_html_and_records_sizes(lifecycle):
 
 def test_each_trigger_launches_one_run_even_after_sensor_restarts(lifecycle):
     instance = DagsterInstance.get()
-    runs = instance.get_runs(filters=RunsFilter(tags={"dagster/sensor_name": DRIFT_SENSOR}))
+    spec = lifecycle["spec"]
+    drift_sensor = scoped_name(spec, DRIFT_SENSOR)
+    runs = instance.get_runs(filters=RunsFilter(tags={"dagster/sensor_name": drift_sensor}))
     # (a governance test launches retire_model "from" this sensor, without a run_key)
-    keys = [r.tags["dagster/run_key"] for r in runs if r.job_name != "retire_model"]
+    keys = [r.tags["dagster/run_key"] for r in runs if r.job_name != scoped_name(spec, RETIRE_JOB)]
     assert keys and len(keys) == len(set(keys))
-    defs = build_definitions(lifecycle["spec"])
+    defs = build_definitions(spec)
     for name in (DRIFT_SENSOR, NEW_DATA_SENSOR):
-        restarted = SensorTicker(defs, instance, name)  # cursor lost, as after a crash
+        sensor = scoped_name(spec, name)
+        restarted = SensorTicker(defs, instance, sensor)  # cursor lost, as after a crash
         requests, _ = restarted.tick()
         story_days = {d["day"] for d in lifecycle["summary"]["days"]}
-        evaluated = instance.get_materialized_partitions(AssetKey("model_performance"))
+        evaluated = instance.get_materialized_partitions(asset_key(spec, "model_performance"))
         for request in requests:
-            if request.job_name == FEEDBACK_JOB:  # labels newly due: never evaluated yet
+            if request.job_name == scoped_name(spec, FEEDBACK_JOB):  # labels newly due
                 assert request.partition_key not in evaluated, request
-            elif request.partition_key in story_days or request.job_name == RETRAIN_JOB:
-                assert already_launched(instance, name, request.run_key), request
+            elif request.partition_key in story_days or request.job_name == scoped_name(
+                spec, RETRAIN_JOB
+            ):
+                assert already_launched(instance, sensor, request.run_key), request
         again, skip = restarted.tick()  # a second tick with the cursor it returned
         if name == DRIFT_SENSOR:
             assert again == [] and skip
@@ -146,12 +163,13 @@ def test_new_data_sensor_requests_each_file_version_once(tmp_path):
     spec = load_spec(spec_path)
     write_demo_data(tmp_path / "data", start=date(2024, 1, 1), days=2, rows_per_day=20)
     defs = build_definitions(spec)
-    sensor = defs.resolve_sensor_def(NEW_DATA_SENSOR)
+    sensor = defs.resolve_sensor_def(scoped_name(spec, NEW_DATA_SENSOR))
+    daily = scoped_name(spec, DAILY_JOB)
     with instance_for_test() as instance:
         first = tick(sensor, instance, defs)
         assert [(r.job_name, r.partition_key) for r in first.run_requests] == [
-            (DAILY_JOB, "2024-01-01"),
-            (DAILY_JOB, "2024-01-02"),
+            (daily, "2024-01-01"),
+            (daily, "2024-01-02"),
         ]
         second = tick(sensor, instance, defs, first.cursor)
         assert not second.run_requests and "no new source files" in second.skip_message
@@ -165,7 +183,8 @@ def test_new_data_sensor_requests_each_file_version_once(tmp_path):
 
 
 def test_nightly_schedule_retrains_yesterday_and_is_off_unless_configured(lifecycle, tmp_path):
-    schedule = build_definitions(lifecycle["spec"]).resolve_schedule_def(NIGHTLY_SCHEDULE)
+    spec = lifecycle["spec"]
+    schedule = build_definitions(spec).resolve_schedule_def(scoped_name(spec, NIGHTLY_SCHEDULE))
     assert schedule.default_status == DefaultScheduleStatus.STOPPED
     with instance_for_test() as instance:
         with build_schedule_context(
@@ -173,10 +192,12 @@ def test_nightly_schedule_retrains_yesterday_and_is_off_unless_configured(lifecy
         ) as context:
             [request] = schedule.evaluate_tick(context).run_requests
     assert request.partition_key == "2024-02-26"
-    assert schedule.job_name == RETRAIN_JOB
+    assert schedule.job_name == scoped_name(spec, RETRAIN_JOB)
     monitoring = yaml.safe_load(lifecycle["spec_path"].read_text())["monitoring"]
     on = write_spec(tmp_path / "on.yaml", monitoring={**monitoring, "nightly_training": True})
-    schedule_on = build_definitions(load_spec(on)).resolve_schedule_def(NIGHTLY_SCHEDULE)
+    schedule_on = build_definitions(load_spec(on)).resolve_schedule_def(
+        scoped_name(spec, NIGHTLY_SCHEDULE)
+    )
     assert schedule_on.default_status == DefaultScheduleStatus.RUNNING
 
 
@@ -261,11 +282,11 @@ def test_two_rollback_requests_for_one_champion_move_the_alias_once(lifecycle, t
         for _ in range(2):
             result = run_job(
                 lifecycle["spec_path"],
-                "rollback",
-                run_config={"ops": {"rollback_champion": {"config": config}}},
+                ROLLBACK_JOB,
+                run_config={"ops": {scoped_name(spec, ROLLBACK_OP): {"config": config}}},
             )
             assert result.success
-            records.append(result.output_for_node("rollback_champion"))
+            records.append(result.output_for_node(scoped_name(spec, ROLLBACK_OP)))
         assert records[0]["to_version"] == previous
         assert records[1]["skipped"] == "true"
         assert f"champion of {name} is now v{previous}" in records[1]["message"]
@@ -311,13 +332,14 @@ def test_drift_sensor_requests_rollback_once_when_the_champion_regressed(lifecyc
     result read again (lost cursor) gives the same run_key."""
     from dagster import AssetMaterialization
 
-    defs = build_definitions(lifecycle["spec"])
-    sensor = defs.resolve_sensor_def(DRIFT_SENSOR)
+    spec = lifecycle["spec"]
+    defs = build_definitions(spec)
+    sensor = defs.resolve_sensor_def(scoped_name(spec, DRIFT_SENSOR))
     with instance_for_test() as instance:
         for day in ("2024-03-01", "2024-03-02"):  # two days recommend it: still one request
             instance.report_runless_asset_event(
                 AssetMaterialization(
-                    asset_key="model_performance",
+                    asset_key=asset_key(spec, "model_performance"),
                     partition=day,
                     metadata={
                         "model_version": "7",
@@ -330,9 +352,9 @@ def test_drift_sensor_requests_rollback_once_when_the_champion_regressed(lifecyc
             )
         first = tick(sensor, instance, defs)
         [request] = first.run_requests
-        assert request.job_name == "rollback"
+        assert request.job_name == scoped_name(spec, ROLLBACK_JOB)
         assert request.run_key == "rollback:from-v7"
-        config = request.run_config["ops"]["rollback_champion"]["config"]
+        config = request.run_config["ops"][scoped_name(spec, ROLLBACK_OP)]["config"]
         assert config["from_version"] == "7"
         assert "v7 is worse than the version it replaced (v6)" in config["reason"]
         assert not tick(sensor, instance, defs, first.cursor).run_requests
@@ -344,21 +366,25 @@ def test_drift_report_follows_its_inputs_once_the_blocking_check_passed(lifecycl
     drift_report only after validated_data's blocking GX check has passed for that day."""
     from dagster import AssetCheckEvaluation, AssetMaterialization, evaluate_automation_conditions
 
-    defs = build_definitions(lifecycle["spec"])
-    day = (lifecycle["spec"].partitions.end - timedelta(days=1)).isoformat()
+    spec = lifecycle["spec"]
+    defs = build_definitions(spec)
+    day = (spec.partitions.end - timedelta(days=1)).isoformat()
+    drift_report = asset_key(spec, "drift_report")
     with instance_for_test() as instance:
         result = evaluate_automation_conditions(defs=defs, instance=instance)
-        for key in ("validated_data", "batch_predictions"):
-            instance.report_runless_asset_event(AssetMaterialization(asset_key=key, partition=day))
+        for name in ("validated_data", "batch_predictions"):
+            instance.report_runless_asset_event(
+                AssetMaterialization(asset_key=asset_key(spec, name), partition=day)
+            )
         result = evaluate_automation_conditions(defs=defs, instance=instance, cursor=result.cursor)
-        assert result.get_requested_partitions(AssetKey("drift_report")) == set()
+        assert result.get_requested_partitions(drift_report) == set()
         instance.report_runless_asset_event(
             AssetCheckEvaluation(
-                asset_key=AssetKey("validated_data"),
+                asset_key=asset_key(spec, "validated_data"),
                 check_name="great_expectations_suite",
                 passed=True,
                 partition=day,
             )
         )
         result = evaluate_automation_conditions(defs=defs, instance=instance, cursor=result.cursor)
-        assert result.get_requested_partitions(AssetKey("drift_report")) == {day}
+        assert result.get_requested_partitions(drift_report) == {day}

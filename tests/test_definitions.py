@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from mlops_assets.keys import asset_key
+
 ROOT = Path(__file__).resolve().parents[1]
 HEAVY = ["feast", "evidently", "great_expectations", "mlflow", "torch", "sklearn"]
 # Not heavy by the list, but each costs a fifth of `import dagster` or more: the load
@@ -51,21 +53,25 @@ def test_graph_has_every_lifecycle_asset_and_blocking_checks():
 
     graph = defs.resolve_asset_graph()
     keys = {key.to_user_string() for key in graph.get_all_asset_keys()}
+    # the repo's two pipelines (defs/loan_default, defs/loan_default_linear): every key carries
+    # its pipeline's name
     assert keys == {
-        "raw_data",
-        "validated_data",
-        "features",
-        "training_set",
-        "candidate_model",
-        "model_promotion",
-        "batch_predictions",
-        "drift_report",
-        "model_performance",
+        f"{pipeline}/{name}"
+        for pipeline in ("loan_default", "loan_default_linear")
+        for name in (
+            "raw_data",
+            "validated_data",
+            "features",
+            "training_set",
+            "candidate_model",
+            "model_promotion",
+            "batch_predictions",
+            "drift_report",
+            "model_performance",
+        )
     }
     checks = {(c.asset_key.to_user_string(), c.name): c for c in graph.asset_check_keys}
-    assert ("validated_data", "great_expectations_suite") in checks
-    validated = graph.get(
-        next(k for k in graph.get_all_asset_keys() if k.to_user_string() == "validated_data")
-    )
+    assert ("loan_default/validated_data", "great_expectations_suite") in checks
+    validated = graph.get(asset_key("loan_default", "validated_data"))
     specs = {s.name: s for s in validated.assets_def.check_specs}
     assert specs["great_expectations_suite"].blocking

@@ -6,6 +6,7 @@ import pytest
 import yaml
 from dagster import materialize
 
+from mlops_assets.keys import asset_key
 from mlops_assets.pipeline import build_assets, default_resources
 from mlops_assets.promotion import decide
 from mlops_assets.spec import METRICS_BY_TASK, GateSpec, load_spec
@@ -77,11 +78,11 @@ def run_candidate(lifecycle, tmp_path, model_params: dict, gate_section: dict) -
     day = lifecycle["summary"]["runs"][-1]["partition"]
     result = materialize(
         build_assets(spec),
-        selection=["candidate_model", "model_promotion"],
+        selection=[asset_key(spec, "candidate_model"), asset_key(spec, "model_promotion")],
         partition_key=day,
         resources=default_resources(),
     )
-    return result.output_for_node("model_promotion")
+    return result.asset_value(asset_key(spec, "model_promotion"))
 
 
 def test_gate_on_real_candidates(lifecycle, tmp_path):

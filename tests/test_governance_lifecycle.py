@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from dagster import AssetKey, DagsterInstance, RunsFilter, materialize
+from dagster import DagsterInstance, RunsFilter, materialize
 from dagster._core.definitions.data_version import StaleStatus
 from dagster._utils.test.data_versions import get_stale_status_resolver
 
@@ -19,8 +19,8 @@ from mlops_assets.governance import (
     CARD_FILE,
     CODE_VERSION_TAG,
     DATA_VERSION_TAG,
-    RETIRE_JOB,
 )
+from mlops_assets.keys import DRIFT_SENSOR, RETIRE_JOB, RETIRE_OP, asset_key, scoped_name
 from mlops_assets.pipeline import build_assets, build_definitions, default_resources
 from mlops_assets.spec import load_spec
 from mlops_resources.mlflow_tracking import CHAMPION_ALIAS, MLflowResource
@@ -37,17 +37,21 @@ def test_every_version_records_lineage_and_a_model_card(lifecycle, tmp_path):
     client = MLflowResource().client()
     spec = lifecycle["spec"]
     code_version = (
-        build_definitions(spec).resolve_assets_def("candidate_model").code_versions_by_key
+        build_definitions(spec)
+        .resolve_assets_def(asset_key(spec, "candidate_model"))
+        .code_versions_by_key
     )
     for run in trained_runs(lifecycle):
         version = client.get_model_version(spec.model_name, run["model_version"])
-        training_set = instance.fetch_materializations(AssetKey("training_set"), limit=50).records
+        training_set = instance.fetch_materializations(
+            asset_key(spec, "training_set"), limit=50
+        ).records
         hashes = {
             r.asset_materialization.partition: r.asset_materialization.tags["dagster/data_version"]
             for r in reversed(training_set)
         }
         assert version.tags[DATA_VERSION_TAG] == hashes[run["partition"]]
-        assert version.tags[CODE_VERSION_TAG] == code_version[AssetKey("candidate_model")]
+        assert version.tags[CODE_VERSION_TAG] == code_version[asset_key(spec, "candidate_model")]
         assert version.tags["mlops.git_commit"]
         folder = Path(client.download_artifacts(version.run_id, ARTIFACT_DIR, str(tmp_path)))
         names = {p.name for p in folder.iterdir()}
@@ -105,7 +109,8 @@ def test_model_is_stale_when_its_code_or_spec_changes(lifecycle, tmp_path):
     instance = DagsterInstance.get()
     day = trained_runs(lifecycle)[-1]["partition"]
     resolver = get_stale_status_resolver(instance, build_assets(lifecycle["spec"]))
-    assert resolver.get_status(AssetKey("candidate_model"), day) == StaleStatus.FRESH
+    candidate = asset_key(lifecycle["spec"], "candidate_model")
+    assert resolver.get_status(candidate, day) == StaleStatus.FRESH
     base = yaml.safe_load(lifecycle["spec_path"].read_text())
     changed = load_spec(
         write_spec(
@@ -114,10 +119,10 @@ def test_model_is_stale_when_its_code_or_spec_changes(lifecycle, tmp_path):
         )
     )
     resolver = get_stale_status_resolver(instance, build_assets(changed))
-    assert resolver.get_status(AssetKey("candidate_model"), day) == StaleStatus.STALE
-    causes = resolver.get_stale_causes(AssetKey("candidate_model"), day)
+    assert resolver.get_status(candidate, day) == StaleStatus.STALE
+    causes = resolver.get_stale_causes(candidate, day)
     assert any("code version" in cause.reason for cause in causes)
-    assert resolver.get_status(AssetKey("raw_data"), day) == StaleStatus.FRESH
+    assert resolver.get_status(asset_key(changed, "raw_data"), day) == StaleStatus.FRESH
 
 
 def test_downstream_is_stale_when_input_data_changes(home, tmp_path):
@@ -127,27 +132,27 @@ def test_downstream_is_stale_when_input_data_changes(home, tmp_path):
     spec = load_spec(write_spec(tmp_path / "spec.yaml", source={"path": str(source)}))
     instance = DagsterInstance.ephemeral()
     assets = build_assets(spec)
-    selection = ["raw_data", "validated_data"]
+    raw, validated = asset_key(spec, "raw_data"), asset_key(spec, "validated_data")
     materialize(
         assets,
-        selection=selection,
+        selection=[raw, validated],
         partition_key=day,
         instance=instance,
         resources=default_resources(),
     )
     resolver = get_stale_status_resolver(instance, assets)
-    assert resolver.get_status(AssetKey("validated_data"), day) == StaleStatus.FRESH
+    assert resolver.get_status(validated, day) == StaleStatus.FRESH
     generate_day(load_spec().partitions.start, rows=50).to_csv(source, index=False)
     materialize(
         assets,
-        selection=["raw_data"],
+        selection=[raw],
         partition_key=day,
         instance=instance,
         resources=default_resources(),
     )
     resolver = get_stale_status_resolver(instance, assets)
-    assert resolver.get_status(AssetKey("validated_data"), day) == StaleStatus.STALE
-    causes = resolver.get_stale_causes(AssetKey("validated_data"), day)
+    assert resolver.get_status(validated, day) == StaleStatus.STALE
+    causes = resolver.get_stale_causes(validated, day)
     assert any("new dependency data version" in cause.reason for cause in causes)
 
 
@@ -163,11 +168,11 @@ def calibrated_version(lifecycle, tmp_path_factory) -> str:
     )
     result = materialize(
         build_assets(spec),
-        selection=["candidate_model"],
+        selection=[asset_key(spec, "candidate_model")],
         partition_key=trained_runs(lifecycle)[-1]["partition"],
         resources=default_resources(),
     )
-    candidate = result.output_for_node("candidate_model")
+    candidate = result.asset_value(asset_key(spec, "candidate_model"))
     assert candidate["governance"]["calibration"]["method"] == "sigmoid"
     return candidate["version"]
 
@@ -228,20 +233,21 @@ def test_retirement_archives_a_version_and_refuses_the_champion(
     # Forced, from a sensor: the champion alias goes; who did it is the sensor.
     defs = build_definitions(lifecycle["spec"])
     try:
-        result = defs.resolve_job_def(RETIRE_JOB).execute_in_process(
+        job = defs.resolve_job_def(scoped_name(lifecycle["spec"], RETIRE_JOB))
+        result = job.execute_in_process(
             run_config={
                 "ops": {
-                    "retire_model_version": {
+                    scoped_name(lifecycle["spec"], RETIRE_OP): {
                         "config": {"version": champion, "reason": "drift", "force": True}
                     }
                 }
             },
             instance=DagsterInstance.get(),
-            tags={"dagster/sensor_name": "drift_sensor"},
+            tags={"dagster/sensor_name": scoped_name(lifecycle["spec"], DRIFT_SENSOR)},
         )
         assert result.success and mlflow.champion(name) is None
         tags = client.get_model_version(name, champion).tags
-        assert tags["mlops.retired_by"] == "sensor:drift_sensor"
+        assert tags["mlops.retired_by"] == f"sensor:{scoped_name(lifecycle['spec'], DRIFT_SENSOR)}"
     finally:
         client.set_registered_model_alias(name, CHAMPION_ALIAS, champion)
         client.delete_model_version_tag(name, champion, "mlops.retired")

@@ -3,18 +3,22 @@
 from pathlib import Path
 
 import pandas as pd
-from dagster import AssetKey, DagsterInstance
+from dagster import DagsterInstance
 
 from mlops_assets.features import feature_refs
-from mlops_assets.pipeline import INGEST_JOB, LIFECYCLE_JOB
+from mlops_assets.keys import INGEST_JOB, LIFECYCLE_JOB, asset_key
 from mlops_resources.feast_store import FeastResource
 from mlops_resources.mlflow_tracking import CHAMPION_ALIAS, MLflowResource
 from tests.conftest import TEST_ROWS_PER_DAY, TEST_TRAIN_DAYS, TEST_WARMUP_DAYS
 
 
-def latest_metadata(instance: DagsterInstance, asset: str, partition: str) -> dict:
-    event = instance.get_latest_materialization_event(AssetKey(asset))
-    records = instance.fetch_materializations(AssetKey(asset), limit=100).records
+def latest_metadata(
+    instance: DagsterInstance, asset: str, partition: str, pipeline: str = "loan_default"
+) -> dict:
+    """The metadata of `pipeline`'s `asset` (the lifecycle's, by default) for `partition`."""
+    key = asset_key(pipeline, asset)
+    event = instance.get_latest_materialization_event(key)
+    records = instance.fetch_materializations(key, limit=100).records
     for record in records:
         materialization = record.asset_materialization
         if materialization.partition == partition:
@@ -56,7 +60,7 @@ def test_predictions_exist_for_each_trained_day(lifecycle):
         meta = latest_metadata(instance, "batch_predictions", run["partition"])
         assert meta["dagster/row_count"] == TEST_ROWS_PER_DAY
         stored = pd.read_pickle(
-            Path(lifecycle["home"]) / "storage" / "batch_predictions" / run["partition"]
+            Path(lifecycle["home"]) / "storage" / spec.name / "batch_predictions" / run["partition"]
         )
         assert len(stored) == TEST_ROWS_PER_DAY
         assert set(stored["prediction"]) <= set(spec.classes)

@@ -7,6 +7,7 @@ from pathlib import Path
 import yaml
 from dagster import materialize
 
+from mlops_assets.keys import asset_key
 from mlops_assets.pipeline import build_assets, default_resources
 from mlops_assets.spec import load_spec
 from mlops_resources.mlflow_tracking import CHAMPION_ALIAS, MLflowResource
@@ -29,12 +30,12 @@ def test_torch_mlp_candidate_is_logged_loaded_and_gated(lifecycle, tmp_path):
     try:
         result = materialize(
             build_assets(spec),
-            selection=["candidate_model", "model_promotion"],
+            selection=[asset_key(spec, "candidate_model"), asset_key(spec, "model_promotion")],
             partition_key=day,
             resources=resources,
         )
-        candidate = result.output_for_node("candidate_model")
-        verdict = result.output_for_node("model_promotion")
+        candidate = result.asset_value(asset_key(spec, "candidate_model"))
+        verdict = result.asset_value(asset_key(spec, "model_promotion"))
     finally:
         mlflow.client().set_registered_model_alias(spec.model_name, CHAMPION_ALIAS, champion)
 
@@ -68,5 +69,5 @@ def lifecycle_rows(lifecycle, spec):
     import pandas as pd
 
     day = lifecycle["summary"]["runs"][-1]["partition"]
-    training = pd.read_pickle(lifecycle["home"] / "storage" / "training_set" / day)
+    training = pd.read_pickle(lifecycle["home"] / "storage" / spec.name / "training_set" / day)
     return training[spec.feature_names].head(10)

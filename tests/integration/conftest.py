@@ -146,7 +146,8 @@ def bad_partition(production: dict) -> dict:
     the production instance: the blocking GX check must stop it."""
     from dagster import DagsterInstance
 
-    from mlops_assets.pipeline import LIFECYCLE_JOB, build_definitions
+    from mlops_assets.keys import LIFECYCLE_JOB, scoped_name
+    from mlops_assets.pipeline import build_definitions
 
     summary = production["summary"]
     runs = summary["runs"] + [run for day in summary.get("days", []) for run in day["runs"]]
@@ -157,7 +158,8 @@ def bad_partition(production: dict) -> dict:
     df.loc[0:4, "income"] = None
     df.loc[5, "debt_to_income"] = 5.0
     df.to_parquet(source, index=False)
-    job = build_definitions(production["spec"]).resolve_job_def(LIFECYCLE_JOB)
+    spec = production["spec"]
+    job = build_definitions(spec).resolve_job_def(scoped_name(spec, LIFECYCLE_JOB))
     result = job.execute_in_process(
         partition_key=day, instance=DagsterInstance.get(), raise_on_error=False
     )

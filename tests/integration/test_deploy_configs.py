@@ -9,6 +9,7 @@ from dagster._config import process_config, resolve_to_config_type
 from dagster._core.instance.config import dagster_instance_config
 from dagster._serdes.config_class import ConfigurableClass, class_from_code_pointer
 
+from mlops_assets.keys import LIFECYCLE_JOB, asset_key, scoped_name, step_key
 from mlops_assets.pipeline import build_definitions
 from mlops_assets.spec import load_spec
 from mlops_resources.torch_executor import k8s_gpu_tags
@@ -80,14 +81,22 @@ def test_k8s_definitions_use_the_k8s_job_executor_with_per_asset_requests() -> N
     result = process_config(schema, executor_config)
     assert result.success, [e.message for e in result.errors]
 
-    defs = runpy.run_path(str(DEPLOY / "k8s" / "definitions.py"))["defs"]
-    job = defs.resolve_job_def("lifecycle")
-    assert job.executor_def.name == k8s_job_executor.name
-    per_step = executor_config["per_step_k8s_config"]
-    nodes = {node.name for node in job.graph.nodes}
-    assert set(per_step) <= nodes, f"per-step config for unknown steps: {set(per_step) - nodes}"
-    training = per_step["candidate_model"]["container_config"]["resources"]["requests"]
-    assert training["memory"] == "16Gi"
+    module = runpy.run_path(str(DEPLOY / "k8s" / "definitions.py"))
+    defs = module["defs"]
+    per_asset = executor_config["per_step_k8s_config"]
+    # executor.yaml names assets; each entry applies to that asset's step in every pipeline
+    applied = module["executor_config"](executor_config, module["suite"])["per_step_k8s_config"]
+    pipelines = {key.path[0] for key in defs.resolve_asset_graph().get_all_asset_keys()}
+    assert pipelines == {"loan_default", "loan_default_linear"}  # the repo's defs/
+    assert set(applied) == {step_key(p, asset) for p in pipelines for asset in per_asset}
+    for pipeline in pipelines:
+        job = defs.resolve_job_def(scoped_name(pipeline, LIFECYCLE_JOB))
+        assert job.executor_def.name == k8s_job_executor.name
+        nodes = {node.name for node in job.graph.nodes}
+        mine = {step for step in applied if step.startswith(f"{pipeline}__")}
+        assert mine <= nodes, f"per-step config for unknown steps: {mine - nodes}"
+    training = applied[step_key("loan_default", "candidate_model")]
+    assert training["container_config"]["resources"]["requests"]["memory"] == "16Gi"
 
 
 def test_training_asset_requests_a_gpu_when_the_model_is_torch(tmp_path: Path) -> None:
@@ -95,9 +104,10 @@ def test_training_asset_requests_a_gpu_when_the_model_is_torch(tmp_path: Path) -
     from dagster_k8s.job import get_user_defined_k8s_config
 
     def training_limits(kind: str) -> dict:
-        spec_path = write_spec(tmp_path / f"{kind}.yaml", model={"kind": kind})
-        defs = build_definitions(load_spec(spec_path))
-        tags = defs.resolve_assets_def("candidate_model").op.tags
+        spec = load_spec(write_spec(tmp_path / f"{kind}.yaml", model={"kind": kind}))
+        tags = (
+            build_definitions(spec).resolve_assets_def(asset_key(spec, "candidate_model")).op.tags
+        )
         resources = get_user_defined_k8s_config(tags).container_config.get("resources", {})
         return resources.get("limits", {})
 

@@ -7,10 +7,11 @@ import urllib.request
 
 import boto3
 import pandas as pd
-from dagster import AssetKey, DagsterInstance
+from dagster import DagsterInstance
 from dagster._serdes import serialize_value
 
 from mlops_assets.features import feature_refs
+from mlops_assets.keys import asset_key
 from mlops_resources.feast_store import FeastResource
 from mlops_resources.mlflow_tracking import CHAMPION_ALIAS, MLflowResource
 from tests.conftest import TEST_TRAIN_DAYS, TEST_WARMUP_DAYS
@@ -24,8 +25,9 @@ def s3_keys(bucket: str, prefix: str) -> list[str]:
     return [item["Key"] for page in pages for item in page.get("Contents", [])]
 
 
-def latest_metadata(asset: str, partition: str) -> dict:
-    records = DagsterInstance.get().fetch_materializations(AssetKey(asset), limit=100).records
+def latest_metadata(pipeline: str, asset: str, partition: str) -> dict:
+    key = asset_key(pipeline, asset)
+    records = DagsterInstance.get().fetch_materializations(key, limit=100).records
     for record in records:
         if record.asset_materialization.partition == partition:
             return {k: v.value for k, v in record.asset_materialization.metadata.items()}
@@ -63,11 +65,12 @@ def test_asset_values_and_drift_reports_live_in_s3(production):
     spec = production["spec"]
     day = production["summary"]["runs"][-1]["partition"]
     for asset in ("raw_data", "validated_data", "training_set", "candidate_model"):
-        assert f"dagster/{asset}/{day}" in s3_keys(bucket, f"dagster/{asset}/")
+        prefix = f"dagster/{spec.name}/{asset}/"  # the IO manager's path: the asset key's
+        assert f"{prefix}{day}" in s3_keys(bucket, prefix)
     assert not (production["home"] / "storage").exists()
 
     report_key = f"reports/drift_report/{spec.name}/{day}.html"
-    link = latest_metadata("drift_report", day)["drift_report_html"]
+    link = latest_metadata(spec.name, "drift_report", day)["drift_report_html"]
     assert link == f"s3://{bucket}/{report_key}"
     html = boto3.client("s3").get_object(Bucket=bucket, Key=report_key)["Body"].read().decode()
     assert "<html" in html and "drift" in html.lower()
@@ -84,7 +87,7 @@ def test_mlflow_server_holds_runs_registry_and_s3_artifacts(production):
     assert aliases[CHAMPION_ALIAS] == str(champion)
 
     day = production["summary"]["runs"][-1]["partition"]
-    meta = latest_metadata("candidate_model", day)
+    meta = latest_metadata(spec.name, "candidate_model", day)
     server = os.environ["MLFLOW_TRACKING_URI"]
     assert meta["mlflow_run"].startswith(f"{server}/#/experiments/")
     assert meta["mlflow_model_version"] == (
@@ -148,10 +151,10 @@ def test_bad_partition_is_stopped_by_the_blocking_check(production, bad_partitio
     assert "expect_column_values_to_be_between(debt_to_income)" in failed
     instance = DagsterInstance.get()
     for downstream in ("features", "training_set", "candidate_model", "batch_predictions"):
-        assert day not in instance.get_materialized_partitions(AssetKey(downstream))
-        assert f"dagster/{downstream}/{day}" not in s3_keys(
-            os.environ["MLOPS_S3_BUCKET"], f"dagster/{downstream}/"
-        )
+        key = asset_key(production["spec"], downstream)
+        assert day not in instance.get_materialized_partitions(key)
+        prefix = f"dagster/{production['spec'].name}/{downstream}/"
+        assert f"{prefix}{day}" not in s3_keys(os.environ["MLOPS_S3_BUCKET"], prefix)
 
 
 def test_credentials_never_reach_logs_metadata_or_mlflow(production, bad_partition):

@@ -80,13 +80,15 @@ def test_asset_graph_shows_every_lifecycle_asset(dagster_ui, page, production):
 
     from mlops_assets.pipeline import build_definitions
 
-    graph = build_definitions(production["spec"]).resolve_asset_graph()
-    assets = sorted(key.to_user_string() for key in graph.get_all_asset_keys())
+    spec = production["spec"]
+    graph = build_definitions(spec).resolve_asset_graph()
+    # keys are `<pipeline>/<asset>`; the graph labels each node with the asset's name
+    assets = sorted(key.path[-1] for key in graph.get_all_asset_keys())
     assert {"raw_data", "candidate_model", "drift_report", "model_performance"} <= set(assets)
 
     page.goto(f"{dagster_ui}/asset-groups")
     expect(page.get_by_text("Global asset lineage")).to_be_visible()
-    expect(page.get_by_text("monitoring", exact=True).last).to_be_visible()
+    expect(page.get_by_text(spec.name, exact=True).last).to_be_visible()  # the pipeline's group
     # The groups start collapsed: the graph's context menu (right click on the empty canvas,
     # above the group boxes) expands them, as a person would.
     page.mouse.click(1000, 250, button="right")
@@ -99,32 +101,36 @@ def test_materialization_metadata_links_mlflow_and_the_drift_report(dagster_ui, 
     from playwright.sync_api import expect
 
     last = production["summary"]["runs"][-1]
-    page.goto(f"{dagster_ui}/assets/candidate_model")
+    name = production["spec"].name  # asset keys are `<pipeline>/<asset>`
+    page.goto(f"{dagster_ui}/assets/{name}/candidate_model")
     expect(page.get_by_text("Latest materialization")).to_be_visible()
     expect(page.get_by_role("link", name=last["mlflow_run"], exact=True)).to_be_visible()
     assert last["mlflow_run"].startswith(os.environ["MLFLOW_TRACKING_URI"])
 
-    page.goto(f"{dagster_ui}/assets/drift_report")
+    page.goto(f"{dagster_ui}/assets/{name}/drift_report")
     expect(page.get_by_text("drift_report_html", exact=True)).to_be_visible()
     report = f"s3://{os.environ['MLOPS_S3_BUCKET']}/reports/drift_report/"
     expect(page.get_by_text(report).first).to_be_visible()
 
 
-def test_failed_blocking_check_shows_on_validated_data(dagster_ui, page, bad_partition):
+def test_failed_blocking_check_shows_on_validated_data(dagster_ui, page, production, bad_partition):
     from playwright.sync_api import expect
 
-    page.goto(f"{dagster_ui}/assets/validated_data?view=checks")
+    page.goto(f"{dagster_ui}/assets/{production['spec'].name}/validated_data?view=checks")
     expect(page.get_by_text("This is a blocking asset check.")).to_be_visible()
     expect(page.get_by_text("great_expectations_suite").first).to_be_visible()
     expect(page.get_by_text("Failed", exact=True).first).to_be_visible()
     expect(page.get_by_text(bad_partition["day"]).first).to_be_visible()
 
 
-def test_sensors_and_schedule_are_listed(dagster_ui, page):
+def test_sensors_and_schedule_are_listed(dagster_ui, page, production):
     from playwright.sync_api import expect
 
+    from mlops_assets.keys import DRIFT_SENSOR, NEW_DATA_SENSOR, NIGHTLY_SCHEDULE, scoped_name
+
     page.goto(f"{dagster_ui}/automation")
-    for name in ("drift_sensor", "new_data_sensor", "nightly_training"):
+    for base in (DRIFT_SENSOR, NEW_DATA_SENSOR, NIGHTLY_SCHEDULE):
+        name = scoped_name(production["spec"], base)  # `<pipeline>__drift_sensor`
         expect(page.get_by_text(name, exact=True)).to_be_visible()
 
 

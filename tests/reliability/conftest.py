@@ -14,7 +14,8 @@ import yaml
 from dagster import DagsterInstance
 
 from mlops_assets.demo_data import DEMO_START, write_demo_data
-from mlops_assets.pipeline import INGEST_JOB, LIFECYCLE_JOB, build_definitions
+from mlops_assets.keys import INGEST_JOB, LIFECYCLE_JOB, asset_key, scoped_name
+from mlops_assets.pipeline import build_definitions
 from mlops_assets.spec import DEMO_SPEC_PATH, PipelineSpec, load_spec
 from mlops_resources.mlflow_tracking import MLflowResource
 
@@ -101,10 +102,12 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TrainedState]:
         instance = DagsterInstance.get()
         days = [DEMO_START + timedelta(days=i) for i in range(WINDOW_DAYS)]
         for day in days:
-            job = defs.resolve_job_def(LIFECYCLE_JOB if day == days[-1] else INGEST_JOB)
+            job = defs.resolve_job_def(
+                scoped_name(spec, LIFECYCLE_JOB if day == days[-1] else INGEST_JOB)
+            )
             result = job.execute_in_process(partition_key=day.isoformat(), instance=instance)
             assert result.success
-        gate = result.output_for_node("model_promotion")
+        gate = result.asset_value(asset_key(spec, "model_promotion"))
         assert MLflowResource().champion(spec.model_name) == "1", gate["message"]
         yield TrainedState(root, home, spec_path, spec, days[-1])
     finally:

@@ -3,9 +3,11 @@
 
 from dagster import JobDefinition
 
-from mlops_assets.pipeline import LIFECYCLE_JOB, build_definitions
+from mlops_assets.keys import LIFECYCLE_JOB, scoped_name
+from mlops_assets.pipeline import build_definitions
 from mlops_assets.spec import load_spec
 
 
 def lifecycle_job() -> JobDefinition:
-    return build_definitions(load_spec()).resolve_job_def(LIFECYCLE_JOB)
+    spec = load_spec()
+    return build_definitions(spec).resolve_job_def(scoped_name(spec, LIFECYCLE_JOB))

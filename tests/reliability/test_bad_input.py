@@ -14,10 +14,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from dagster import AssetKey, DagsterInstance, ExecuteInProcessResult
+from dagster import DagsterInstance, ExecuteInProcessResult
 
 from mlops_assets.cli import summarize_run
-from mlops_assets.pipeline import LIFECYCLE_JOB, build_definitions
+from mlops_assets.keys import LIFECYCLE_JOB, asset_key, base_name, scoped_name, step_key
+from mlops_assets.pipeline import build_definitions
 from mlops_assets.spec import DEMO_SPEC_PATH, PipelineSpec, SpecError, load_spec
 from tests.conftest import run_cli
 from tests.reliability.conftest import TrainedState
@@ -264,9 +265,9 @@ def error_text(result: ExecuteInProcessResult) -> str:
 
 
 def stopping_point(result: ExecuteInProcessResult) -> str:
-    """The first failed blocking check, else the first failed step."""
+    """The first failed blocking check, else the first failed step (by its asset's name)."""
     failed_checks = [e.check_name for e in result.get_asset_check_evaluations() if not e.passed]
-    failed_steps = [e.step_key for e in result.all_events if e.is_step_failure]
+    failed_steps = [base_name(e.step_key) for e in result.all_events if e.is_step_failure]
     return (failed_checks or failed_steps or ["nothing"])[0]
 
 
@@ -282,7 +283,7 @@ def test_bad_input_is_stopped_before_anything_downstream(in_trained: TrainedStat
     spec = load_spec(state.write_spec(tmp_path / "spec.yaml", **overrides))
     before = state.fingerprint()
 
-    job = build_definitions(spec).resolve_job_def(LIFECYCLE_JOB)
+    job = build_definitions(spec).resolve_job_def(scoped_name(spec, LIFECYCLE_JOB))
     result = job.execute_in_process(
         partition_key=day.isoformat(), instance=DagsterInstance.get(), raise_on_error=False
     )
@@ -293,7 +294,7 @@ def test_bad_input_is_stopped_before_anything_downstream(in_trained: TrainedStat
     for expected in [str(tmp_path), *case.says]:
         assert expected.replace("{day}", day.isoformat()) in text, text
     materialized = {
-        e.event_specific_data.materialization.asset_key.to_user_string()
+        e.event_specific_data.materialization.asset_key.path[-1]
         for e in result.get_asset_materialization_events()
     }
     assert not materialized & DOWNSTREAM
@@ -509,11 +510,11 @@ def run_lifecycle(spec: PipelineSpec, day: str, *assets: str) -> ExecuteInProces
     """The `lifecycle` job for `day` on the trained state, only `assets`, failures returned."""
     return (
         build_definitions(spec)
-        .resolve_job_def(LIFECYCLE_JOB)
+        .resolve_job_def(scoped_name(spec, LIFECYCLE_JOB))
         .execute_in_process(
             partition_key=day,
             instance=DagsterInstance.get(),
-            asset_selection=[AssetKey(a) for a in assets],
+            asset_selection=[asset_key(spec, a) for a in assets],
             raise_on_error=False,
         )
     )
@@ -533,7 +534,7 @@ def test_failed_step_shows_the_root_cause_not_the_retry(in_trained, tmp_path):
 
     summary = summarize_run(result, day, LIFECYCLE_JOB, 0.0)
     [step] = summary["failed_steps"]
-    assert step["step"] == "candidate_model"
+    assert step["step"] == step_key(spec, "candidate_model")
     assert step["error"].startswith("TypeError: ")
     assert "unexpected keyword argument 'max_iterr'" in step["error"]
 
@@ -553,7 +554,7 @@ def mlflow_db_is_not_a_database(home: Path) -> None:
     [
         # the mlflow resource fails to start: no STEP_FAILURE, only RESOURCE_INIT_FAILURE
         (mlflow_folder_is_a_file, "FileExistsError: [Errno 17] File exists"),
-        # Dagster says "Error occurred while executing op rollback_champion"
+        # Dagster says "Error occurred while executing op loan_default__rollback_champion"
         (mlflow_db_is_not_a_database, "DatabaseError: file is not a database"),
     ],
 )
@@ -610,5 +611,5 @@ def test_only_listed_variables_are_expanded_in_the_source_path(
     result = run_lifecycle(spec, state.next_day.isoformat(), "raw_data")
     assert not result.success
     [step] = summarize_run(result, "", LIFECYCLE_JOB, 0.0)["failed_steps"]
-    assert step["step"] == "raw_data"
+    assert step["step"] == step_key(spec, "raw_data")
     assert "$MLOPS_TEST_DATA (in source.path_variables) is not set" in step["error"]

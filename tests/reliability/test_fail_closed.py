@@ -19,10 +19,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from dagster import AssetKey, DagsterInstance
+from dagster import DagsterInstance
 
-from mlops_assets.automation import DAILY_JOB
-from mlops_assets.pipeline import LIFECYCLE_JOB, build_definitions
+from mlops_assets.keys import DAILY_JOB, LIFECYCLE_JOB, asset_key, base_name, scoped_name
+from mlops_assets.pipeline import build_definitions
 from mlops_assets.spec import load_spec
 from mlops_resources.mlflow_tracking import MLflowResource
 from mlops_resources.model_loading import UnsafeModelError, load_registered_model
@@ -161,21 +161,22 @@ def test_registry_outage_cannot_bypass_the_change_threshold(
     spec = load_spec(state.write_spec(tmp_path / "spec.yaml", gate=raw["gate"]))
     day = state.trained_day.isoformat()
     instance = DagsterInstance.get()
-    job = build_definitions(spec).resolve_job_def(LIFECYCLE_JOB)
+    job = build_definitions(spec).resolve_job_def(scoped_name(spec, LIFECYCLE_JOB))
+    candidate = asset_key(spec, "candidate_model")
     trained = job.execute_in_process(
-        partition_key=day, instance=instance, asset_selection=[AssetKey("candidate_model")]
+        partition_key=day, instance=instance, asset_selection=[candidate]
     )
-    version = trained.output_for_node("candidate_model")["version"]
+    version = trained.asset_value(candidate)["version"]
 
     registry_proxy.failing = True
     outage = MLflowResource(tracking_uri=registry_proxy.url)
     result = (
         build_definitions(spec, resources={"mlflow": outage})
-        .resolve_job_def(LIFECYCLE_JOB)
+        .resolve_job_def(scoped_name(spec, LIFECYCLE_JOB))
         .execute_in_process(
             partition_key=day,
             instance=instance,
-            asset_selection=[AssetKey("model_promotion")],
+            asset_selection=[asset_key(spec, "model_promotion")],
             raise_on_error=False,
         )
     )
@@ -201,18 +202,18 @@ def test_corrupted_tracking_store_fails_daily_instead_of_scoring_nothing(
     outage = MLflowResource(tracking_uri=f"sqlite:///{broken}")
     result = (
         build_definitions(state.spec, resources={"mlflow": outage})
-        .resolve_job_def(DAILY_JOB)
+        .resolve_job_def(scoped_name(state.spec, DAILY_JOB))
         .execute_in_process(
             partition_key=state.trained_day.isoformat(),
             instance=DagsterInstance.get(),
-            asset_selection=[AssetKey("batch_predictions")],
+            asset_selection=[asset_key(state.spec, "batch_predictions")],
             raise_on_error=False,
         )
     )
     assert not result.success  # not "no champion yet: nothing scored"
     assert retries(result, "batch_predictions") == 2
     [failure] = [e for e in result.all_events if e.is_step_failure]
-    assert failure.step_key == "batch_predictions"
+    assert base_name(failure.step_key) == "batch_predictions"
     assert MLflowResource().champion(state.spec.model_name) == "1"
 
 

@@ -14,7 +14,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from dagster import (
-    AssetKey,
     DagsterEventType,
     DagsterInstance,
     DagsterRunStatus,
@@ -25,7 +24,8 @@ from dagster import (
 )
 
 from mlops_assets.features import feature_refs
-from mlops_assets.pipeline import LIFECYCLE_JOB, build_definitions
+from mlops_assets.keys import LIFECYCLE_JOB, asset_key, base_name, scoped_name
+from mlops_assets.pipeline import build_definitions
 from mlops_assets.spec import load_spec
 from mlops_resources.feast_store import FeastResource
 from mlops_resources.mlflow_tracking import CHAMPION_ALIAS, MLflowResource
@@ -35,7 +35,9 @@ from tests.reliability.conftest import TrainedState
 from tests.reliability.kill_target import lifecycle_job
 
 SECRET = "s3cr3t-sentinel-7f1c"
-TRAIN_AND_GATE = [AssetKey("candidate_model"), AssetKey("model_promotion")]
+PIPELINE = "loan_default"  # every spec here is a variant of the demo's
+LIFECYCLE = scoped_name(PIPELINE, LIFECYCLE_JOB)
+TRAIN_AND_GATE = [asset_key(PIPELINE, "candidate_model"), asset_key(PIPELINE, "model_promotion")]
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -59,7 +61,7 @@ def retries(result: ExecuteInProcessResult, step: str) -> int:
     return sum(
         1
         for e in result.all_events
-        if e.event_type == DagsterEventType.STEP_UP_FOR_RETRY and e.step_key == step
+        if e.event_type == DagsterEventType.STEP_UP_FOR_RETRY and base_name(e.step_key) == step
     )
 
 
@@ -86,7 +88,7 @@ def test_mlflow_unreachable_fails_after_bounded_retries(
     defs = build_definitions(state.spec, resources={"mlflow": MLflowResource(tracking_uri=uri)})
     instance = DagsterInstance.get()
     started = time.monotonic()
-    result = defs.resolve_job_def(LIFECYCLE_JOB).execute_in_process(
+    result = defs.resolve_job_def(LIFECYCLE).execute_in_process(
         partition_key=state.trained_day.isoformat(),
         instance=instance,
         asset_selection=TRAIN_AND_GATE,
@@ -98,7 +100,7 @@ def test_mlflow_unreachable_fails_after_bounded_retries(
     assert retries(result, "candidate_model") == 2  # RetryPolicy(max_retries=2), then it fails
     assert elapsed < 120
     [failure] = [e for e in result.all_events if e.is_step_failure]
-    assert failure.step_key == "candidate_model"
+    assert base_name(failure.step_key) == "candidate_model"
     message = failure.step_failure_data.error.to_string()
     assert ("127.0.0.1" if store == "closed_port" else "not_a_folder") in message
     assert SECRET not in event_text(instance, result.run_id)
@@ -111,21 +113,22 @@ def test_mlflow_unreachable_during_promotion_leaves_no_blessed_version(
     state = in_trained
     day = state.trained_day.isoformat()
     instance = DagsterInstance.get()
-    job = build_definitions(state.spec).resolve_job_def(LIFECYCLE_JOB)
+    job = build_definitions(state.spec).resolve_job_def(LIFECYCLE)
+    candidate = asset_key(PIPELINE, "candidate_model")
     trained = job.execute_in_process(
-        partition_key=day, instance=instance, asset_selection=[AssetKey("candidate_model")]
+        partition_key=day, instance=instance, asset_selection=[candidate]
     )
-    version = trained.output_for_node("candidate_model")["version"]
+    version = trained.asset_value(candidate)["version"]
     champion = MLflowResource().champion(state.spec.model_name)
 
     broken = MLflowResource(tracking_uri=f"http://127.0.0.1:{closed_port()}")
     result = (
         build_definitions(state.spec, resources={"mlflow": broken})
-        .resolve_job_def(LIFECYCLE_JOB)
+        .resolve_job_def(LIFECYCLE)
         .execute_in_process(
             partition_key=day,
             instance=instance,
-            asset_selection=[AssetKey("model_promotion")],
+            asset_selection=[asset_key(PIPELINE, "model_promotion")],
             raise_on_error=False,
         )
     )
@@ -169,7 +172,7 @@ def test_unwritable_or_full_artifact_store_keeps_previous_artifacts(
         before = state.fingerprint()
         result = (
             build_definitions(state.spec, resources={"mlflow": mlflow})
-            .resolve_job_def(LIFECYCLE_JOB)
+            .resolve_job_def(LIFECYCLE)
             .execute_in_process(
                 partition_key=state.trained_day.isoformat(),
                 instance=DagsterInstance.get(),
@@ -179,7 +182,7 @@ def test_unwritable_or_full_artifact_store_keeps_previous_artifacts(
         )
         assert not result.success
         [failure] = [e for e in result.all_events if e.is_step_failure]
-        assert failure.step_key == "candidate_model"
+        assert base_name(failure.step_key) == "candidate_model"
         assert reason in failure.step_failure_data.error.to_string()
         assert state.fingerprint() == before
         champion = MLflowResource().champion(state.spec.model_name)
@@ -191,14 +194,15 @@ def test_unwritable_or_full_artifact_store_keeps_previous_artifacts(
 
 RACE_SCRIPT = """
 import json, sys
-from dagster import AssetKey, DagsterInstance
+from dagster import DagsterInstance
+from mlops_assets.keys import asset_key
 from tests.reliability.kill_target import lifecycle_job
+names = ("training_set", "candidate_model", "model_promotion")
+keys = [asset_key("loan_default", name) for name in names]
 result = lifecycle_job().execute_in_process(
-    partition_key=sys.argv[1],
-    instance=DagsterInstance.get(),
-    asset_selection=[AssetKey(k) for k in ("training_set", "candidate_model", "model_promotion")],
+    partition_key=sys.argv[1], instance=DagsterInstance.get(), asset_selection=keys
 )
-verdict = result.output_for_node("model_promotion")
+verdict = result.asset_value(keys[-1])
 print(json.dumps({"run_id": result.run_id, "verdict": verdict}, default=str))
 """
 
@@ -279,7 +283,7 @@ def wait_for_step_start(
             for event in instance.all_logs(
                 record.dagster_run.run_id, of_type=DagsterEventType.STEP_START
             ):
-                if event.step_key == step:
+                if base_name(event.step_key) == step:
                     return record.dagster_run.run_id
         time.sleep(0.2)
     raise AssertionError(f"step {step} never started (child exit code {process.poll()})")
@@ -322,7 +326,7 @@ def test_run_killed_mid_step_reexecutes_from_failure(
         run_config={"execution": {"config": {"in_process": {}}}},
     ) as result:
         assert result.success
-        assert step in {e.step_key for e in result.all_events if e.is_step_success}
+        assert step in {base_name(e.step_key) for e in result.all_events if e.is_step_success}
 
     mlflow = MLflowResource()
     name = state.spec.model_name

@@ -6,11 +6,12 @@ import shutil
 from pathlib import Path
 
 import pytest
-from dagster import AssetKey, DagsterInstance, Failure
+from dagster import DagsterInstance, Failure
 from dagster._core.errors import DagsterUnknownPartitionError
 
 from mlops_assets.data import DATA_ROOTS_VAR, partition_day
-from mlops_assets.pipeline import LIFECYCLE_JOB, build_definitions
+from mlops_assets.keys import LIFECYCLE_JOB, asset_key, scoped_name, step_key
+from mlops_assets.pipeline import build_definitions
 from mlops_assets.spec import load_spec
 from mlops_resources.mlflow_tracking import MLflowResource
 from mlops_resources.model_loading import load_registered_model
@@ -87,7 +88,8 @@ def test_tampered_torch_weights_are_refused_without_running_them(tmp_path: Path)
 
 def test_partition_keys_that_try_path_traversal_are_refused(in_trained: TrainedState):
     before = in_trained.fingerprint()
-    job = build_definitions(in_trained.spec).resolve_job_def(LIFECYCLE_JOB)
+    spec = in_trained.spec
+    job = build_definitions(spec).resolve_job_def(scoped_name(spec, LIFECYCLE_JOB))
     for key in ["../../etc/passwd", "2024-01-04/../../x", "..", "2024-01-04\x00"]:
         with pytest.raises(DagsterUnknownPartitionError):
             job.execute_in_process(partition_key=key, instance=DagsterInstance.get())
@@ -113,13 +115,13 @@ def test_source_files_outside_the_data_roots_are_refused(
         path = "../outside/loans_{date}.parquet"
     spec = load_spec(in_trained.write_spec(spec_dir / "spec.yaml", source={"path": path}))
     before = in_trained.fingerprint()
-    job = build_definitions(spec).resolve_job_def(LIFECYCLE_JOB)
+    job = build_definitions(spec).resolve_job_def(scoped_name(spec, LIFECYCLE_JOB))
 
     result = job.execute_in_process(
         partition_key=day, instance=DagsterInstance.get(), raise_on_error=False
     )
     [failure] = [e for e in result.all_events if e.is_step_failure]
-    assert failure.step_key == "raw_data"
+    assert failure.step_key == step_key(spec, "raw_data")
     message = failure.step_failure_data.user_failure_data.description
     assert f"loans_{day}.parquet: outside the allowed data roots" in message
     assert DATA_ROOTS_VAR in message
@@ -127,9 +129,11 @@ def test_source_files_outside_the_data_roots_are_refused(
 
     monkeypatch.setenv(DATA_ROOTS_VAR, str(outside))  # an operator allows that folder explicitly
     result = job.execute_in_process(
-        partition_key=day, instance=DagsterInstance.get(), asset_selection=[AssetKey("raw_data")]
+        partition_key=day,
+        instance=DagsterInstance.get(),
+        asset_selection=[asset_key(spec, "raw_data")],
     )
-    assert result.output_for_node("raw_data").shape[0] > 0
+    assert result.asset_value(asset_key(spec, "raw_data")).shape[0] > 0
 
 
 def test_credentials_in_the_tracking_uri_are_refused_without_echoing_them():
