@@ -397,6 +397,23 @@ def add_spec_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def relocate_command(spec: PipelineSpec) -> int:
+    """Rewrite MLflow's recorded artifact locations to the current MLOPS_HOME and re-apply the
+    spec's Feast definitions (their offline source path is absolute too)."""
+    from mlops_assets.features import feast_definitions
+    from mlops_resources.feast_store import FeastResource
+    from mlops_resources.relocation import relocate_home
+
+    moved = relocate_home(mlops_home())
+    feast = FeastResource()
+    feast.apply(feast_definitions(spec, feast))
+    print(
+        f"MLOPS_HOME {moved['from']} -> {moved['to']}: {moved['rewritten']} MLflow locations "
+        f"rewritten; Feast definitions of {spec.name} re-applied"
+    )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mlops_assets")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -431,6 +448,10 @@ def main(argv: list[str] | None = None) -> int:
     rollback.add_argument("--reason", required=True, help="why (recorded on both versions)")
     rollback.add_argument("--to-version", default="", help="a blessed version (default: previous)")
     commands.add_parser("demo-data", help="write the bundled demo dataset into MLOPS_HOME")
+    relocate = commands.add_parser(
+        "relocate", help="point a moved or restored MLOPS_HOME's records at where it is now"
+    )
+    add_spec_arguments(relocate)
     retire = commands.add_parser("retire", help="archive a model version (docs/governance.md)")
     reproduce = commands.add_parser(
         "reproduce", help="retrain a model version from its recorded inputs, compare metrics"
@@ -466,6 +487,8 @@ def main(argv: list[str] | None = None) -> int:
         return reproduce_command(spec, args.version, args.json)
     if args.command == "rollback":
         return rollback_command(spec, args.reason, args.to_version)
+    if args.command == "relocate":
+        return relocate_command(spec)
     start, monitor_days = default_story(spec, args.train_days)
     with contextlib.redirect_stdout(sys.stderr):
         summary = run_demo(

@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 from dagster import Backoff, ConfigurableResource, InitResourceContext, RetryPolicy
 from pydantic import Field, PrivateAttr
 
+from mlops_resources.relocation import check_home
 from mlops_resources.storage import disable_telemetry, mlops_home
 
 if TYPE_CHECKING:
@@ -61,6 +62,8 @@ class MLflowResource(ConfigurableResource):
     def setup_for_execution(self, context: InitResourceContext) -> None:
         # No request here: an unreachable server then fails inside the step, where the step's
         # RetryPolicy applies, instead of failing resource initialization.
+        if not self.tracking_uri:  # the embedded store: refuse a moved home (relocation.py)
+            check_home(mlops_home())
         self._point_fluent_api()
 
     def _point_fluent_api(self) -> None:
