@@ -346,6 +346,7 @@ def build_model_performance(spec: PipelineSpec) -> AssetsDefinition:
                 "metrics": MetadataValue.md(metric_table(live, holdout, previous)),
                 "beside_served": MetadataValue.json(beside),
                 **{f"live_{k}": v for k, v in live.items()},
+                **{f"holdout_{k}": v for k, v in holdout.items() if math.isfinite(v)},
             },
         )
         yield AssetCheckResult(

@@ -6,6 +6,7 @@ from typing import Any
 
 from dagster import AssetSelection, Definitions, define_asset_job
 
+from mlops_assets.alerts import build_alerts_sensor
 from mlops_assets.automation import (
     build_drift_sensor,
     build_new_data_sensor,
@@ -120,12 +121,14 @@ def build_pipeline_definitions(spec: PipelineSpec) -> Definitions:
     disable_telemetry()
     jobs = build_jobs(spec)
     rollback = build_rollback_job(spec)
+    all_jobs = [*jobs.values(), rollback, build_retirement_job(spec)]
     return Definitions(
         assets=build_assets(spec),
-        jobs=[*jobs.values(), rollback, build_retirement_job(spec)],
+        jobs=all_jobs,
         sensors=[
             build_new_data_sensor(spec, jobs[DAILY_JOB], jobs[FEEDBACK_JOB]),
             build_drift_sensor(spec, jobs[RETRAIN_JOB], rollback),
+            build_alerts_sensor(spec, all_jobs),
         ],
         schedules=[build_nightly_schedule(spec, jobs[RETRAIN_JOB])],
     )
