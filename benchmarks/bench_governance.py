@@ -28,11 +28,13 @@ def main() -> None:
 
     import mlflow
 
-    from mlops_assets import governance
     from mlops_assets.demo_data import DEMO_START, generate_day
     from mlops_assets.features import SPLIT_COLUMN
+    from mlops_assets.ml.estimators import build_estimator
+    from mlops_assets.ml.governance import lineage
+    from mlops_assets.ml.governance.plots import governance_figures
+    from mlops_assets.ml.governance.report import governance_report
     from mlops_assets.spec import load_spec
-    from mlops_assets.training import build_estimator
     from mlops_resources.mlflow_tracking import MLflowResource
 
     spec = load_spec()
@@ -50,18 +52,18 @@ def main() -> None:
         timings["fit"].append(time.perf_counter() - started)
         with resource.start_run("bench"):
             started = time.perf_counter()
-            report = governance.governance_report(spec, model, df)
+            report = governance_report(spec, model, df)
             timings["report"].append(time.perf_counter() - started)
             started = time.perf_counter()
-            for name, figure in governance.governance_figures(spec, report).items():
-                mlflow.log_figure(figure, f"{governance.ARTIFACT_DIR}/{name}")
+            for name, figure in governance_figures(spec, report).items():
+                mlflow.log_figure(figure, f"{lineage.ARTIFACT_DIR}/{name}")
             timings["plots"].append(time.perf_counter() - started)
             started = time.perf_counter()
             with tempfile.TemporaryDirectory() as folder:
-                path = Path(folder) / governance.TRAINING_SET_FILE
+                path = Path(folder) / lineage.TRAINING_SET_FILE
                 df.to_parquet(path, index=False)
                 size = path.stat().st_size
-                mlflow.log_artifact(str(path), governance.ARTIFACT_DIR)
+                mlflow.log_artifact(str(path), lineage.ARTIFACT_DIR)
             timings["training_set"].append(time.perf_counter() - started)
     median = {k: statistics.median(v) for k, v in timings.items()}
     overhead = median["report"] + median["plots"] + median["training_set"]

@@ -85,7 +85,7 @@ def online_reads(spec, feast, keys: list[str], calls: int) -> None:
 def batch_scoring(spec, feast, frames, repeats: int) -> None:
     from mlops_assets.features import feature_refs
     from mlops_assets.inference import score
-    from mlops_assets.training import build_estimator
+    from mlops_assets.ml.estimators import build_estimator
 
     train = frames[0]
     model = build_estimator(spec).fit(train[spec.feature_names], train[spec.label])

@@ -44,8 +44,8 @@ from mlops_assets.keys import (
     asset_key,
     scoped_name,
 )
+from mlops_assets.ml.windows import label_cutoff, labels_due
 from mlops_assets.spec import PipelineSpec
-from mlops_assets.windows import label_cutoff, labels_due
 
 MAX_EVENTS_PER_TICK = 500
 IN_FLIGHT = [

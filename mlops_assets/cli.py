@@ -24,7 +24,6 @@ from typing import TYPE_CHECKING, Any
 
 from dagster import DagsterEventType, DagsterInstance, Definitions
 
-from mlops_assets.governance import reproduce_command, retire_command
 from mlops_assets.keys import (
     INGEST_JOB,
     LIFECYCLE_JOB,
@@ -35,6 +34,7 @@ from mlops_assets.keys import (
 )
 from mlops_assets.pipeline import build_definitions
 from mlops_assets.project import CONFIG_ENV, project_specs
+from mlops_assets.registry_commands import reproduce_command, retire_command
 from mlops_assets.spec import PipelineSpec, SpecError, check_model_params, load_spec
 from mlops_assets.story import champion_now, run_story, story_days
 from mlops_resources.instance import write_instance_yaml

@@ -1,7 +1,6 @@
 """Ingestion stage: raw_data reads the spec's source files for one daily partition."""
 
 import glob
-import hashlib
 import os
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -20,6 +19,7 @@ from dagster import (
 )
 
 from mlops_assets.frames import Frame
+from mlops_assets.ml.dataset import content_hash as content_hash  # the DataVersion
 from mlops_assets.spec import PipelineSpec
 from mlops_resources.storage import mlops_home
 
@@ -69,15 +69,6 @@ def day_bounds(day: date) -> tuple[datetime, datetime]:
     """[start, end) of a UTC day as aware datetimes."""
     start = datetime(day.year, day.month, day.day, tzinfo=UTC)
     return start, start + timedelta(days=1)
-
-
-def content_hash(df: Frame) -> str:
-    """A stable hash of a DataFrame's values and column names (the DataVersion)."""
-    import pandas as pd
-
-    digest = hashlib.sha256(",".join(map(str, df.columns)).encode())
-    digest.update(pd.util.hash_pandas_object(df, index=False).to_numpy().tobytes())
-    return digest.hexdigest()[:16]
 
 
 def table_schema(df: Frame) -> TableSchema:

@@ -26,18 +26,15 @@ from mlops_assets.data import (
 )
 from mlops_assets.frames import Frame
 from mlops_assets.keys import CHANGE_DAY_TAG, asset_ins, asset_key
-from mlops_assets.spec import PipelineSpec
-from mlops_assets.windows import (
+from mlops_assets.ml.dataset import SPLIT_COLUMN, WEIGHT_COLUMN
+from mlops_assets.ml.windows import (
     choose_window,
     holdout_mask,
     label_cutoff,
     recency_weights,
 )
+from mlops_assets.spec import PipelineSpec
 from mlops_resources.feast_store import FeastResource
-
-SPLIT_COLUMN = "split"
-# Per-row training weight: recency weights under the weighted policy, else 1.0.
-WEIGHT_COLUMN = "sample_weight"
 
 
 def feature_view_name(spec: PipelineSpec) -> str:

@@ -7,8 +7,8 @@ from mlops_assets.data import daily_partitions
 from mlops_assets.features import feature_refs
 from mlops_assets.frames import Frame
 from mlops_assets.keys import asset_ins, asset_key
+from mlops_assets.ml.evaluation import score
 from mlops_assets.spec import PipelineSpec
-from mlops_assets.training import positive_class
 from mlops_resources.feast_store import FeastResource
 from mlops_resources.mlflow_tracking import (
     CHALLENGER_ALIAS,
@@ -18,21 +18,6 @@ from mlops_resources.mlflow_tracking import (
 from mlops_resources.model_loading import load_registered_model
 
 SHADOW_TAG = "mlops.shadow_partitions"
-
-
-def score(model: object, X: Frame, spec: PipelineSpec) -> Frame:
-    """Predictions (and for binary tasks the positive-class score) for feature rows."""
-    import numpy as np
-    import pandas as pd
-
-    if not spec.is_classification:
-        return pd.DataFrame({"prediction": np.asarray(model.predict(X), dtype=float)})
-    proba = model.predict_proba(X)
-    classes = np.asarray(model.classes_)
-    out = pd.DataFrame({"prediction": classes[proba.argmax(axis=1)]})
-    if len(classes) == 2:
-        out["score"] = proba[:, list(classes).index(positive_class(spec, classes))]
-    return out
 
 
 def prediction_summary(predictions: Frame, spec: PipelineSpec) -> dict[str, object]:

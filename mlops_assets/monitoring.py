@@ -22,15 +22,10 @@ from mlops_assets.data import daily_partitions, newest_arrived_day, partition_da
 from mlops_assets.frames import Frame
 from mlops_assets.keys import REPLACED_TAG, asset_ins, asset_key
 from mlops_assets.markdown import markdown_table
+from mlops_assets.ml.evaluation import evaluate, output_metrics, positive_class
+from mlops_assets.ml.windows import labels_due
 from mlops_assets.spec import METRICS_BY_TASK, PREDICTION_COLUMN, PipelineSpec, metric_gain
-from mlops_assets.training import (
-    REFERENCE_ARTIFACT_DIR,
-    REFERENCE_FILE,
-    evaluate,
-    output_metrics,
-    positive_class,
-)
-from mlops_assets.windows import labels_due
+from mlops_assets.training import REFERENCE_ARTIFACT_DIR, REFERENCE_FILE
 from mlops_resources.drift_detection import DriftTest, EvidentlyResource
 from mlops_resources.mlflow_tracking import CHALLENGER_ALIAS, MLFLOW_RETRY_POLICY, MLflowResource
 from mlops_resources.model_loading import load_registered_model

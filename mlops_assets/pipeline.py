@@ -12,9 +12,9 @@ from mlops_assets.automation import (
     build_new_data_sensor,
     build_nightly_schedule,
 )
+from mlops_assets.code_versions import with_code_versions
 from mlops_assets.data import build_raw_data
 from mlops_assets.features import build_features, build_training_set
-from mlops_assets.governance import build_retirement_job, with_code_versions
 from mlops_assets.inference import build_batch_predictions
 from mlops_assets.keys import (
     DAILY_JOB,
@@ -27,6 +27,7 @@ from mlops_assets.keys import (
 )
 from mlops_assets.monitoring import build_drift_report, build_model_performance
 from mlops_assets.promotion import build_model_promotion, build_rollback_job
+from mlops_assets.registry_commands import build_retirement_job
 from mlops_assets.spec import PipelineSpec
 from mlops_assets.training import build_candidate_model
 from mlops_assets.validation import build_validated_data

@@ -18,8 +18,6 @@ from typing import Annotated, Any, Literal, get_args
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from mlops_resources.storage import mlops_home
-
 DEMO_SPEC_PATH = Path(__file__).parent / "demo_spec.yaml"
 
 # Metrics the trainer reports, with their direction. The gate only accepts these names.
@@ -150,6 +148,8 @@ class SourceSpec(StrictModel):
         def value(match: re.Match[str]) -> str:
             name = match[1].strip("{}")
             if name == HOME_VARIABLE:
+                from mlops_resources.storage import mlops_home  # storage imports Dagster
+
                 return str(mlops_home())
             if name not in os.environ:
                 raise SpecError(
@@ -865,7 +865,7 @@ def check_model_params(spec: PipelineSpec) -> None:
         )
     from sklearn.pipeline import Pipeline
 
-    from mlops_assets.training import build_estimator
+    from mlops_assets.ml.estimators import build_estimator
 
     bare = spec.model_copy(update={"model": spec.model.model_copy(update={"params": {}})})
     built = build_estimator(bare)

@@ -15,14 +15,8 @@ from dagster import (
 )
 
 from mlops_assets.data import daily_partitions
-from mlops_assets.features import SPLIT_COLUMN, WEIGHT_COLUMN
 from mlops_assets.frames import Frame
-from mlops_assets.governance import (
-    governance_metadata,
-    lineage_tags,
-    log_governance,
-    publish_model_card,
-)
+from mlops_assets.governance import governance_metadata, log_governance, publish_model_card
 from mlops_assets.keys import (
     ALARM_PARTITION_TAG,
     ALARM_VERSION_TAG,
@@ -35,149 +29,29 @@ from mlops_assets.keys import (
     asset_ins,
     asset_key,
 )
-from mlops_assets.spec import PREDICTION_COLUMN, PipelineSpec, Task
+from mlops_assets.ml.dataset import split, train_weights
+from mlops_assets.ml.estimators import build_estimator as build_estimator
+from mlops_assets.ml.evaluation import evaluate, monitored_output
+from mlops_assets.ml.evaluation import model_output as model_output
+from mlops_assets.ml.evaluation import positive_class as positive_class
+from mlops_assets.ml.governance.lineage import lineage_tags
+from mlops_assets.ml.model_kinds import log_model, model_kind, train_model
+from mlops_assets.ml.model_kinds import log_sklearn_model as log_sklearn_model
+from mlops_assets.spec import PREDICTION_COLUMN, PipelineSpec
 from mlops_resources.mlflow_tracking import MLFLOW_RETRY_POLICY, MLflowResource
 from mlops_resources.model_loading import load_registered_model
 from mlops_resources.storage import mlops_home
-from mlops_resources.torch_executor import TabularColumns, TorchExecutorResource, k8s_gpu_tags
+from mlops_resources.torch_executor import TorchExecutorResource
 
+# build_estimator, log_sklearn_model, model_output and positive_class are re-exported ("as") for
+# mlops_assets.serving, tests/test_serving.py and benchmarks/bench_serving.py.
 LOAD_CHECK = "loads_and_predicts"
 REFERENCE_ARTIFACT_DIR = "reference"
 REFERENCE_FILE = "reference.parquet"
 KIND_TAG = "mlops.model_kind"
-TORCH_KIND = "torch_mlp"
 
 if TYPE_CHECKING:
-    import logging
-    from pathlib import Path
-
     import numpy as np
-    import pandas as pd
-
-    from mlops_resources.torch_executor import MetricLogger
-
-
-def positive_class(spec: PipelineSpec, classes: "np.ndarray") -> Any:
-    """The positive class of a binary task: the last of the spec's classes, else the last seen."""
-    if spec.classes:
-        return spec.classes[-1]
-    return classes[-1]
-
-
-def build_estimator(spec: PipelineSpec) -> Any:
-    """A scikit-learn pipeline for the spec's model kind: one-hot categoricals, then the model."""
-    from sklearn.compose import ColumnTransformer
-    from sklearn.ensemble import (
-        HistGradientBoostingClassifier,
-        HistGradientBoostingRegressor,
-        RandomForestClassifier,
-        RandomForestRegressor,
-    )
-    from sklearn.impute import SimpleImputer
-    from sklearn.linear_model import LogisticRegression, Ridge
-    from sklearn.pipeline import Pipeline, make_pipeline
-    from sklearn.preprocessing import OneHotEncoder, StandardScaler
-
-    numeric = [f.name for f in spec.features if f.type == "numeric"]
-    categorical = [f.name for f in spec.features if f.type == "categorical"]
-    classify = spec.is_classification
-    seed = {"random_state": spec.model.seed}
-    estimators = {
-        "hist_gradient_boosting": (
-            HistGradientBoostingClassifier if classify else HistGradientBoostingRegressor,
-            seed,
-        ),
-        "random_forest": (
-            RandomForestClassifier if classify else RandomForestRegressor,
-            {**seed, "n_jobs": 1},
-        ),
-        "linear": (LogisticRegression, {"max_iter": 1000}) if classify else (Ridge, {}),
-    }
-    cls, defaults = estimators[spec.model.kind]
-    preprocess = ColumnTransformer(
-        [
-            ("numeric", make_pipeline(SimpleImputer(strategy="median"), StandardScaler()), numeric),
-            (
-                "categorical",
-                OneHotEncoder(handle_unknown="ignore", sparse_output=False),
-                categorical,
-            ),
-        ]
-    )
-    pipeline = Pipeline(
-        [("preprocess", preprocess), ("model", cls(**{**defaults, **spec.model.params}))]
-    )
-    calibration = spec.governance.calibration
-    if calibration.method == "none":
-        return pipeline
-    from sklearn.calibration import CalibratedClassifierCV
-
-    return CalibratedClassifierCV(pipeline, method=calibration.method, cv=calibration.folds)
-
-
-def evaluate(model: Any, X: Frame, y: "pd.Series", spec: PipelineSpec) -> dict[str, float]:
-    """Holdout metrics for the spec's task (the names the gate accepts)."""
-    return output_metrics(*model_output(model, X, spec), y, spec)
-
-
-def model_output(
-    model: Any, X: Frame, spec: PipelineSpec
-) -> "tuple[np.ndarray, np.ndarray | None]":
-    """Class probabilities and the classes (classification), or predictions and None."""
-    import numpy as np
-
-    if not spec.is_classification:
-        return np.asarray(model.predict(X), dtype=float), None
-    return model.predict_proba(X), np.asarray(model.classes_)
-
-
-def output_metrics(
-    output: "np.ndarray", classes: "np.ndarray | None", y: "pd.Series", spec: PipelineSpec
-) -> dict[str, float]:
-    """The task's metrics from a model's output (see model_output), e.g. for rows of a slice."""
-    import numpy as np
-    from sklearn import metrics as m
-
-    if classes is None:
-        pred = output
-        return {
-            "rmse": float(math.sqrt(m.mean_squared_error(y, pred))),
-            "mae": float(m.mean_absolute_error(y, pred)),
-            "r2": float(m.r2_score(y, pred)),
-        }
-    proba = output
-    pred = classes[proba.argmax(axis=1)]
-    if spec.task == Task.multiclass_classification:
-        return {
-            "accuracy": float(m.accuracy_score(y, pred)),
-            "f1_macro": float(m.f1_score(y, pred, average="macro")),
-            "log_loss": float(m.log_loss(y, proba, labels=classes)),
-        }
-    positive = positive_class(spec, classes)
-    score = proba[:, list(classes).index(positive)]
-    truth = (np.asarray(y) == positive).astype(int)
-    auc = float(m.roc_auc_score(truth, score)) if 0 < truth.sum() < len(truth) else float("nan")
-    return {
-        "roc_auc": auc,
-        "accuracy": float(m.accuracy_score(y, pred)),
-        "f1": float(m.f1_score(truth, (pred == positive).astype(int), zero_division=0)),
-        "log_loss": float(m.log_loss(y, proba, labels=classes)),
-        "brier": float(np.mean((score - truth) ** 2)),
-    }
-
-
-def monitored_output(model: Any, X: Frame, spec: PipelineSpec) -> "np.ndarray":
-    """The model output whose drift is watched: the positive-class score for binary tasks,
-    the predicted class for multiclass, the prediction for regression."""
-    import numpy as np
-
-    if spec.task == Task.binary_classification:
-        classes = np.asarray(model.classes_)
-        column = list(classes).index(positive_class(spec, classes))
-        return model.predict_proba(X)[:, column]
-    if spec.task == Task.multiclass_classification:
-        return np.asarray(model.predict(X)).astype(str)
-    return np.asarray(model.predict(X), dtype=float)
 
 
 def log_reference(
@@ -198,113 +72,6 @@ def log_reference(
         path = Path(folder) / REFERENCE_FILE
         reference.to_parquet(path, index=False)
         mlflow_api.log_artifact(str(path), artifact_path=REFERENCE_ARTIFACT_DIR)
-
-
-def train_weights(training_set: Frame) -> "np.ndarray | None":
-    """The train rows' recency weights, or None when every row weighs the same."""
-    if WEIGHT_COLUMN not in training_set:
-        return None
-    weights = training_set.loc[training_set[SPLIT_COLUMN] == "train", WEIGHT_COLUMN].to_numpy()
-    return None if (weights == weights[0]).all() else weights
-
-
-def split(df: Frame, spec: PipelineSpec, part: str) -> "tuple[Frame, pd.Series]":
-    rows = df[df[SPLIT_COLUMN] == part]
-    return rows[spec.feature_names], rows[spec.label]
-
-
-def train_model(
-    spec: PipelineSpec,
-    training_set: Frame,
-    torch_executor: TorchExecutorResource,
-    *,
-    checkpoint_dir: "Path",
-    log: "logging.Logger",
-    log_metric: "MetricLogger",
-    pipes_context: AssetExecutionContext | None = None,
-) -> Any:
-    """Fit the spec's model kind on the training set's train rows; torch_mlp stops early on its
-    holdout rows, checkpoints to `checkpoint_dir` and reports each epoch to `log_metric`
-    (candidate_model and `reproduce` both train through here)."""
-    X_train, y_train = split(training_set, spec, "train")
-    log.info(f"training {spec.model.kind} on {len(X_train)} rows")
-    if spec.model.kind != TORCH_KIND:
-        estimator = build_estimator(spec)
-        weights = train_weights(training_set)
-        if weights is None:
-            return estimator.fit(X_train, y_train)
-        # A Pipeline routes the weights to its model step; CalibratedClassifierCV takes them.
-        key = "model__sample_weight" if hasattr(estimator, "named_steps") else "sample_weight"
-        return estimator.fit(X_train, y_train, **{key: weights})
-    columns = [*spec.feature_names, spec.label]
-    train = training_set.loc[training_set[SPLIT_COLUMN] == "train", columns]
-    weights = train_weights(training_set)
-    if weights is not None:  # the same expected loss as weighting it, for every torch launch
-        log.info("torch: recency weights applied by a seeded weighted resample of the rows")
-        train = train.sample(
-            n=len(train), replace=True, weights=weights, random_state=spec.model.seed
-        )
-    return torch_executor.fit(
-        train,
-        training_set.loc[training_set[SPLIT_COLUMN] == "holdout", columns],
-        TabularColumns(
-            numeric=[f.name for f in spec.features if f.type == "numeric"],
-            categorical=[f.name for f in spec.features if f.type == "categorical"],
-            label=spec.label,
-            task=spec.task.value,
-            classes=spec.classes,
-        ),
-        seed=spec.model.seed,
-        checkpoint_dir=checkpoint_dir,
-        log=log,
-        log_metric=log_metric,
-        pipes_context=pipes_context,
-    )
-
-
-def log_model(model: Any, spec: PipelineSpec, X_example: Frame) -> Any:
-    """Log and register the model in its flavor; returns MLflow's ModelInfo."""
-    if spec.model.kind == TORCH_KIND:
-        from mlops_resources.torch_executor import log_torch_model
-
-        return log_torch_model(
-            model, name="model", registered_model_name=spec.model_name, input_example=X_example
-        )
-    return log_sklearn_model(model, spec, X_example)
-
-
-def log_sklearn_model(model: Any, spec: PipelineSpec, X_example: Frame) -> Any:
-    import mlflow.sklearn
-    from mlflow.models import infer_signature
-
-    signature = infer_signature(X_example, model.predict(X_example))
-    return mlflow.sklearn.log_model(
-        model,
-        name="model",
-        registered_model_name=spec.model_name,
-        signature=signature,
-        input_example=X_example.head(5),
-        serialization_format="skops",
-        pip_requirements=pinned_requirements("scikit-learn", "skops", "pandas"),
-        skops_trusted_types=untrusted_types(model),
-    )
-
-
-def pinned_requirements(*packages: str) -> list[str]:
-    """Exact pins of installed packages (skips MLflow's slow requirement inference)."""
-    from importlib.metadata import version
-
-    return [f"{name}=={version(name)}" for name in packages]
-
-
-def untrusted_types(model: Any) -> list[str]:
-    """Types skops does not trust by default in our own freshly trained pipeline."""
-    import io
-
-    import skops.io as sio
-
-    buffer = io.BytesIO(sio.dumps(model))
-    return sio.get_untrusted_types(data=buffer.getvalue())
 
 
 def window_tags(context: AssetExecutionContext, spec: PipelineSpec) -> dict[str, str]:
@@ -332,6 +99,8 @@ def window_tags(context: AssetExecutionContext, spec: PipelineSpec) -> dict[str,
 
 
 def build_candidate_model(spec: PipelineSpec) -> AssetsDefinition:
+    kind = model_kind(spec)
+
     @asset(
         name="candidate_model",
         key_prefix=spec.name,
@@ -349,9 +118,9 @@ def build_candidate_model(spec: PipelineSpec) -> AssetsDefinition:
                 "predicts on holdout rows.",
             )
         ],
-        kinds={"mlflow", "pytorch" if spec.model.kind == TORCH_KIND else "scikit-learn"},
+        kinds={"mlflow", kind.asset_kind},
         retry_policy=MLFLOW_RETRY_POLICY,
-        op_tags=k8s_gpu_tags() if spec.model.kind == TORCH_KIND else None,
+        op_tags=kind.op_tags(),
     )
     def candidate_model(
         context: AssetExecutionContext,
@@ -378,7 +147,7 @@ def build_candidate_model(spec: PipelineSpec) -> AssetsDefinition:
             )
             metrics = evaluate(model, X_hold, y_hold, spec)
             context.log.info(f"holdout metrics: {metrics}")
-            device = torch_executor.device_info() if spec.model.kind == TORCH_KIND else {}
+            device = kind.device_info(torch_executor)
             mlflow_api.log_params(device)
             mlflow_api.log_params(
                 {
@@ -407,7 +176,7 @@ def build_candidate_model(spec: PipelineSpec) -> AssetsDefinition:
                 spec,
                 model,
                 training_set,
-                torch_executor.settings_record() if spec.model.kind == TORCH_KIND else None,
+                kind.settings_record(torch_executor),
             )
         version = str(info.registered_model_version)
         mlflow.tag_version(

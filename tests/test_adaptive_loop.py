@@ -22,12 +22,14 @@ from mlops_assets.keys import (
     asset_key,
     scoped_name,
 )
+from mlops_assets.ml.dataset import split
+from mlops_assets.ml.evaluation import evaluate
+from mlops_assets.ml.gate import decide
+from mlops_assets.ml.model_kinds import train_model
+from mlops_assets.ml.windows import choose_window, holdout_mask
 from mlops_assets.monitoring import drift_tests
 from mlops_assets.pipeline import build_definitions
-from mlops_assets.promotion import decide
 from mlops_assets.spec import METRICS_BY_TASK, load_spec
-from mlops_assets.training import evaluate, split, train_model
-from mlops_assets.windows import choose_window, holdout_mask
 from mlops_resources.drift_detection import EvidentlyResource
 from mlops_resources.torch_executor import TorchExecutorResource
 from tests.conftest import write_spec

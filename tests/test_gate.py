@@ -7,8 +7,8 @@ import yaml
 from dagster import materialize
 
 from mlops_assets.keys import asset_key
+from mlops_assets.ml.gate import decide
 from mlops_assets.pipeline import build_assets, default_resources
-from mlops_assets.promotion import decide
 from mlops_assets.spec import METRICS_BY_TASK, GateSpec, load_spec
 from mlops_resources.mlflow_tracking import CHAMPION_ALIAS, MLflowResource, PromotionConflict
 from tests.conftest import write_spec

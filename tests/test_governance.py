@@ -7,16 +7,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mlops_assets.governance import (
-    ReproduceError,
-    calibration_report,
-    fairness_report,
-    fairness_rules,
-    retrain,
-    slice_rules,
-    triggered_by,
-)
-from mlops_assets.promotion import decide
+from mlops_assets.governance import triggered_by
+from mlops_assets.ml.gate import decide
+from mlops_assets.ml.governance.calibration import calibration_report
+from mlops_assets.ml.governance.fairness import fairness_report, fairness_rules
+from mlops_assets.ml.governance.reproduce import ReproduceError, retrain
+from mlops_assets.ml.governance.slices import slice_rules
 from mlops_assets.spec import METRICS_BY_TASK, GateSpec, SpecError, load_spec
 from tests.conftest import write_spec
 

@@ -1,4 +1,4 @@
-"""Label time and training windows (mlops_assets/windows.py): pure logic on real specs."""
+"""Label time and training windows (mlops_assets/ml/windows.py): pure logic on real specs."""
 
 from datetime import date, timedelta
 
@@ -7,14 +7,14 @@ import pandas as pd
 import pytest
 import yaml
 
-from mlops_assets.spec import DEMO_SPEC_PATH, load_spec
-from mlops_assets.windows import (
+from mlops_assets.ml.windows import (
     choose_window,
     holdout_mask,
     label_cutoff,
     labels_due,
     recency_weights,
 )
+from mlops_assets.spec import DEMO_SPEC_PATH, load_spec
 
 D = date(2024, 3, 1)
 
