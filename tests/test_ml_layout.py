@@ -135,3 +135,12 @@ def test_no_cycle_through_ml_or_a_stage_even_lazily():
         involved = {m for m in component if m in stages or m.startswith("mlops_assets.ml")}
         involved |= {m for m in component if m.startswith("mlops_assets.governance")}
         assert not involved, f"import cycle through {sorted(component)}"
+
+
+@pytest.mark.parametrize("module", ["mlops_assets.ml", "mlops_resources"])
+def test_package_docstring_example_runs(module):
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(module))
+    assert result.attempted and not result.failed
