@@ -871,6 +871,13 @@ def main() -> None:
         for policy in [p or LOOP for p in policies]:
             run = json.loads((finished[(stream.name, policy)] / "result.json").read_text())
             served = {day: value["roc_auc"] for day, value in run["served"].items()}
+            unserved = sorted(set(base[stream.name]["oracle"]) - set(served))
+            if unserved:
+                failed = [r for d in run["days"] for r in d["runs"] if not r["success"]]
+                raise SystemExit(
+                    f"{stream.name}-{policy}: no batch_predictions for {unserved} (failed runs: "
+                    f"{json.dumps(failed)[:2000]}); see {finished[(stream.name, policy)]}"
+                )
             entry["served"][policy] = served
             entry["served_feedback"][policy] = {
                 part: perf.get("live_roc_auc")
