@@ -85,6 +85,53 @@ def in_partitions(spec: PipelineSpec, day: date, today: date) -> bool:
     return spec.partitions.start <= day <= today and (end is None or day < end)
 
 
+def already_processed(
+    context: SensorEvaluationContext, spec: PipelineSpec, signatures: dict[str, str]
+) -> dict[str, str]:
+    """The cursor of a first tick (the sensor switched on over existing history): the files it
+    counts as seen, from what the instance has already materialized.
+
+    The newest day with a `raw_data` materialization is where processing stopped. A file whose
+    days all lie on or before it is seen, unless one of its days was processed and the file was
+    modified after that day's latest `raw_data` materialization (it changed since: run again).
+    Days before it that were never processed are history, left to a backfill; days after it
+    are new. With nothing materialized yet, every file is new.
+    """
+    processed = latest_materializations(context, spec, "raw_data")
+    if not processed:
+        return {}
+    newest = max(partition_day(p) for p in processed)
+
+    def unchanged_history(path: str, signature: str) -> bool:
+        modified = int(signature.partition(":")[0]) / 1e9
+        return all(
+            day <= newest and modified <= processed.get(day.isoformat(), modified)
+            for day in file_days(spec, path)
+        )
+
+    return {path: sig for path, sig in signatures.items() if unchanged_history(path, sig)}
+
+
+def latest_materializations(
+    context: SensorEvaluationContext, spec: PipelineSpec, asset: str
+) -> dict[str, float]:
+    """Partition -> timestamp of its latest materialization of the pipeline's `asset`."""
+    latest: dict[str, float] = {}
+    cursor = None
+    while True:
+        page = context.instance.fetch_materializations(
+            asset_key(spec, asset), limit=1000, cursor=cursor
+        )
+        for record in page.records:
+            if record.partition_key is not None:
+                latest[record.partition_key] = max(
+                    record.timestamp, latest.get(record.partition_key, 0.0)
+                )
+        if not page.has_more:
+            return latest
+        cursor = page.cursor
+
+
 def build_new_data_sensor(spec: PipelineSpec, daily_job: Any, feedback_job: Any) -> Any:
     lag = spec.monitoring.performance.label_delay_days
 
@@ -95,11 +142,17 @@ def build_new_data_sensor(spec: PipelineSpec, daily_job: Any, feedback_job: Any)
         default_status=DefaultSensorStatus.STOPPED,
         description="New or changed source files for a day -> the `daily` job for that "
         "partition (validation first; downstream only if its blocking checks pass). Once a "
-        f"day's labels are due ({lag} day(s) later) -> `{FEEDBACK_JOB}` for it.",
+        f"day's labels are due ({lag} day(s) later) -> `{FEEDBACK_JOB}` for it. Switched on "
+        "over existing history, it does not re-run days processed since their file last "
+        "changed (docs/continuous-training.md).",
     )
-    def new_data_sensor(context: SensorEvaluationContext) -> SensorResult | SkipReason:
-        seen: dict[str, str] = json.loads(context.cursor) if context.cursor else {}
+    def new_data_sensor(context: SensorEvaluationContext) -> SensorResult:
         current = source_signatures(spec)
+        seen: dict[str, str] = (
+            json.loads(context.cursor)
+            if context.cursor
+            else already_processed(context, spec, current)
+        )
         changed = {path: sig for path, sig in current.items() if seen.get(path) != sig}
         today = datetime.now(UTC).date()
         by_day: dict[date, list[str]] = {}
@@ -120,12 +173,14 @@ def build_new_data_sensor(spec: PipelineSpec, daily_job: Any, feedback_job: Any)
             if hold is None
         ]
         if not requests:
-            return SkipReason(
+            reason = (
                 f"new source files wait: {hold}"
                 if hold
                 else f"no new source files for a partition ({len(current)} files seen) and no "
                 "labels due"
             )
+            # The cursor is kept (a first tick's, from the instance, is stored).
+            return SensorResult(skip_reason=SkipReason(reason), cursor=json.dumps(seen))
         # Files of held days stay unseen, so a later tick requests their `daily` run.
         cursor = seen if hold else {**seen, **changed}
         return SensorResult(run_requests=requests, cursor=json.dumps(cursor))

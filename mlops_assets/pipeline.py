@@ -31,6 +31,7 @@ from mlops_assets.registry_commands import build_retirement_job
 from mlops_assets.spec import PipelineSpec
 from mlops_assets.training import build_candidate_model
 from mlops_assets.validation import build_validated_data
+from mlops_resources.instance import PIPELINE_TAG
 from mlops_resources.profiles import profile_resources
 from mlops_resources.storage import disable_telemetry
 
@@ -81,32 +82,40 @@ def selection(spec: PipelineSpec, *assets: str) -> AssetSelection:
 
 def build_jobs(spec: PipelineSpec) -> dict[str, Any]:
     """The asset jobs by base name (DAILY_JOB, ...): what the CLI, the sensors and the schedule
-    launch. Each job's own name is scoped to the pipeline (`<pipeline>__daily`)."""
+    launch. Each job's own name is scoped to the pipeline (`<pipeline>__daily`), and each
+    carries the tag PIPELINE_TAG=<pipeline>: the run queue of the instance's dagster.yaml
+    starts one run per pipeline at a time (mlops_resources/instance.py)."""
+    tags = {PIPELINE_TAG: spec.name}
     jobs = {
         INGEST_JOB: define_asset_job(
             scoped_name(spec, INGEST_JOB),
+            tags=tags,
             selection=selection(spec, *INGEST_ASSETS),
             description="Ingest one day: read, validate (blocking GX checks) and load features "
             "into Feast.",
         ),
         DAILY_JOB: define_asset_job(
             scoped_name(spec, DAILY_JOB),
+            tags=tags,
             selection=selection(spec, *INGEST_ASSETS, "batch_predictions", "drift_report"),
             description="A new day: ingest, score with the champion (and shadow-score a "
             "challenger), report drift.",
         ),
         RETRAIN_JOB: define_asset_job(
             scoped_name(spec, RETRAIN_JOB),
+            tags=tags,
             selection=selection(spec, *TRAINING_ASSETS),
             description="Continuous training: training set, candidate, gate and promotion.",
         ),
         FEEDBACK_JOB: define_asset_job(
             scoped_name(spec, FEEDBACK_JOB),
+            tags=tags,
             selection=selection(spec, "model_performance"),
             description="Labels have arrived for a day: the champion's performance on them.",
         ),
         LIFECYCLE_JOB: define_asset_job(
             scoped_name(spec, LIFECYCLE_JOB),
+            tags=tags,
             selection=selection(spec, *(a for a in ASSET_NAMES if a != "model_performance")),
             description="The whole lifecycle for one day: ingest, validate, features, train, "
             "gate, predict, drift.",
