@@ -12,7 +12,7 @@ export DO_NOT_TRACK ?= 1
 # Never unpickle a model artifact (the suite loads skops and torch weights itself).
 export MLFLOW_ALLOW_PICKLE_DESERIALIZATION := false
 
-.PHONY: install demo dev test test-integration lint mlflow-ui clean
+.PHONY: install demo dev serve test test-integration lint mlflow-ui clean
 
 # Installs pinned versions from constraints.txt (torch 2.13.0: the CPU build where one is on disk).
 $(VENV)/.installed: pyproject.toml constraints.txt
@@ -32,6 +32,12 @@ DEV_PORT ?= 3000
 dev: install
 	$(BIN)/python -m mlops_assets demo-data
 	bash scripts/dagster-dev.sh $(DEV_HOST) $(DEV_PORT)
+
+# The champion of every pipeline behind HTTP (docs/serving.md): POST /<pipeline>/predict, /docs.
+SERVE_HOST ?= 127.0.0.1
+SERVE_PORT ?= 8000
+serve: install
+	$(BIN)/python -m mlops_assets serve --host $(SERVE_HOST) --port $(SERVE_PORT)
 
 mlflow-ui: install
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(MLOPS_HOME)/mlflow/mlflow.db -h 127.0.0.1 -p 5000

@@ -4,6 +4,7 @@ python -m mlops_assets demo [--config FILE | --model NAME] [--json] [--train-day
 python -m mlops_assets demo-data
 python -m mlops_assets retire --version N --reason TEXT [--force] [--config FILE | --model NAME]
 python -m mlops_assets reproduce --version N [--json] [--config FILE | --model NAME]
+python -m mlops_assets serve [--host H] [--port P] [--config FILE | --model NAME]  (docs/serving.md)
 
 Which pipeline: --config FILE (or $MLOPS_CONFIG), else the one named by --model among those the
 Dagster project in the current folder declares (defs/<model>/defs.yaml), else that project's
@@ -462,7 +463,16 @@ def main(argv: list[str] | None = None) -> int:
     retire.add_argument("--reason", required=True, help="why (recorded in the audit trail)")
     retire.add_argument("--force", action="store_true", help="allow retiring the champion")
     reproduce.add_argument("--json", action="store_true", help="print the result as JSON")
+    serve = commands.add_parser(
+        "serve", help="the champion behind an HTTP endpoint (every pipeline unless one is named)"
+    )
+    add_spec_arguments(serve)
+    from mlops_assets.serving.server import add_serve_arguments, serve_command
+
+    add_serve_arguments(serve)
     args = parser.parse_args(argv)
+    if args.command == "serve":
+        return serve_command(args)
 
     from mlops_assets.demo_data import write_demo_data
 

@@ -1,6 +1,6 @@
 """Governance, the Dagster side: what candidate_model logs with each version (the report, the
 lineage from the Dagster instance, the inputs that reproduce it, the plots, the model card) and
-the audit trail of registry actions (promote, rollback, retire) in MLflow and in the
+the audit trail of registry actions (promote, rollback, retire, canary stop) in MLflow and in the
 Dagster instance. The measures themselves are in mlops_assets.ml.governance; the retirement job
 and the retire/reproduce commands in mlops_assets.registry_commands.
 """
@@ -37,7 +37,12 @@ from mlops_assets.spec import PipelineSpec
 from mlops_resources.mlflow_tracking import MLflowResource
 
 # Past-tense tag prefix of each audited registry action.
-AUDIT_ACTIONS = {"promote": "promoted", "rollback": "rolled_back", "retire": "retired"}
+AUDIT_ACTIONS = {
+    "promote": "promoted",
+    "rollback": "rolled_back",
+    "retire": "retired",
+    "canary_stop": "canary_stopped",  # the online server's canary monitor (serving/canary.py)
+}
 
 
 def upstream_data_versions(
@@ -151,8 +156,9 @@ def triggered_by(run_tags: Mapping[str, str]) -> str:
 
 
 def audit_tags(context: Any, action: str, reason: str) -> dict[str, str]:
-    """MLflow version tags recording who/what did `action` (promote, rollback, retire), when,
-    in which Dagster run, and why: `mlops.<promoted|rolled_back|retired>_{by,at,run_id,reason}`.
+    """MLflow version tags recording who/what did `action` (see AUDIT_ACTIONS), when, in which
+    Dagster run, and why: `mlops.<promoted|rolled_back|retired|canary_stopped>_{by,at,run_id,
+    reason}`.
     `context` is any Dagster op or asset execution context."""
     if action not in AUDIT_ACTIONS:
         raise ValueError(f"unknown audit action {action!r}; known: {sorted(AUDIT_ACTIONS)}")

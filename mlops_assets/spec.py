@@ -381,6 +381,43 @@ class MonitoringSpec(StrictModel):
     nightly_cron_hour: int = Field(default=2, ge=0, le=23)
 
 
+class ServingSpec(StrictModel):
+    """The online endpoint (`python -m mlops_assets serve`; docs/serving.md)."""
+
+    refresh_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description="How often the server reads the `champion` and `challenger` aliases; a "
+        "promotion or rollback serves within this interval (plus the new version's load time).",
+    )
+    canary_fraction: float = Field(
+        default=0.0,
+        ge=0,
+        le=1,
+        description="Share of entities (sticky per entity key, by hash) answered by the "
+        "`challenger` while one exists; the rest get the champion. 0: the challenger only "
+        "shadow-scores. Needs monitoring.performance.rollback_margin (the automatic stop).",
+    )
+    canary_min_labelled: int = Field(
+        default=200,
+        ge=1,
+        description="Labelled rows (POST /feedback) scored by both versions before the canary's "
+        "live metric is compared with the champion's.",
+    )
+    max_batch: int = Field(default=1000, ge=1, description="Most entities in one request.")
+    request_log: bool = Field(
+        default=True,
+        description="Log every answered row (and the other version's shadow prediction) to "
+        "Parquet under $MLOPS_HOME/serving/<pipeline>/requests/<day>/.",
+    )
+    log_queue_size: int = Field(
+        default=10_000,
+        ge=1,
+        description="Requests waiting for the shadow scorer and the request log; when full, "
+        "new ones are dropped from the log (counted in /metrics), never delayed.",
+    )
+
+
 # Alerts (docs/alerts.md): the events the alerts sensor sends, and where.
 AlertEvent = Literal[
     "data_blocked",
@@ -607,6 +644,7 @@ class PipelineSpec(StrictModel):
     expectations: list[ExpectationSpec] = Field(default_factory=list)
     governance: GovernanceSpec = Field(default_factory=GovernanceSpec)
     monitoring: MonitoringSpec = Field(default_factory=MonitoringSpec)
+    serving: ServingSpec = Field(default_factory=ServingSpec)
     alerts: AlertsSpec = Field(default_factory=AlertsSpec)
     spec_path: Path | None = Field(default=None, exclude=True, description="Set by load_spec.")
 
@@ -671,6 +709,15 @@ class PipelineSpec(StrictModel):
                     f"monitoring.performance.{section}: {negative} must be 0 or more (an amount "
                     "of worsening in the metric's bad direction)"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _canary_can_stop(self) -> PipelineSpec:
+        if self.serving.canary_fraction > 0 and not self.monitoring.performance.rollback_margin:
+            raise ValueError(
+                "serving.canary_fraction: a canary needs monitoring.performance.rollback_margin "
+                "(the metric and margin that stop it automatically)"
+            )
         return self
 
     @model_validator(mode="after")

@@ -278,3 +278,12 @@ class FeastResource(ConfigurableResource):
         """Latest feature values for entities from the online store."""
         response = self.store().get_online_features(features=features, entity_rows=entity_rows)
         return response.to_df()
+
+    def online_feature_values(
+        self, entity_rows: list[dict[str, Any]], features: list[str]
+    ) -> dict[str, list[Any]]:
+        """Latest feature values as columns: the entity key columns and each feature's name,
+        one value per entity row, None where the online store holds none. Feast's dict form,
+        without a DataFrame (the online endpoint's per-request path)."""
+        response = self.store().get_online_features(features=features, entity_rows=entity_rows)
+        return response.to_dict()

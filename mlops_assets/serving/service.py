@@ -1,0 +1,210 @@
+"""One pipeline behind the endpoint: its served versions, its answers and its feedback."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from datetime import UTC, datetime
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+from mlops_assets.serving.canary import CanaryMonitor, run_stop_canary
+from mlops_assets.serving.models import LoadedVersion, ModelHolder, Served
+from mlops_assets.serving.request_log import CHALLENGER, CHAMPION, AnsweredRequest, RequestWorker
+from mlops_assets.serving.scoring import Outputs, canary_rows, predict, read_features
+
+if TYPE_CHECKING:
+    from mlops_assets.serving.metrics import ServingMetrics
+    from mlops_assets.spec import PipelineSpec
+    from mlops_resources.feast_store import FeastResource
+    from mlops_resources.mlflow_tracking import MLflowResource
+
+
+log = logging.getLogger("mlops_assets.serving")
+
+WARM_UP_KEY = "__mlops_warm_up__"
+
+
+class NoChampion(RuntimeError):
+    """No champion is loaded: the registry has none yet, or it has not loaded."""
+
+
+class PipelineService:
+    """The served versions of one pipeline (ModelHolder), the off-path worker (shadow scoring,
+    canary pairs, request log) and the canary monitor, behind `predict` and `feedback`."""
+
+    def __init__(
+        self,
+        spec: PipelineSpec,
+        mlflow: MLflowResource,
+        feast: FeastResource,
+        metrics: ServingMetrics,
+    ) -> None:
+        self.spec = spec
+        self.feast = feast
+        self.metrics = metrics
+        self.holder = ModelHolder(
+            spec,
+            mlflow,
+            on_swap=self.swapped,
+            on_error=lambda message: metrics.load_failures.labels(spec.name).inc(),
+        )
+        self.monitor = CanaryMonitor(
+            spec,
+            metrics,
+            stop=partial(run_stop_canary, spec, mlflow),
+            on_stopped=self.holder.refresh,
+        )
+        self.worker = RequestWorker(spec, metrics, self.monitor)
+        self.feast_ready = False
+        self.feast_error: str | None = None
+        self._missing = metrics.missing.labels(spec.name)
+        for alias in (CHAMPION, CHALLENGER):
+            metrics.set_served(spec.name, spec.model_name, alias, None)
+
+    def swapped(self, alias: str, loaded: LoadedVersion | None) -> None:
+        spec = self.spec
+        self.metrics.set_served(spec.name, spec.model_name, alias, loaded and loaded.version)
+        self.metrics.swaps.labels(spec.name, alias).inc()
+
+    def start(self) -> None:
+        self.worker.start()
+        self.holder.start()
+        threading.Thread(target=self.warm_up, name=f"warm-up-{self.spec.name}", daemon=True).start()
+
+    def warm_up(self) -> None:
+        """Open the feature store (its registry and online store take seconds the first time)
+        with a read of a key that does not exist, so the first request does not pay for it."""
+        try:
+            read_features(self.spec, self.feast, [{self.spec.entity_key: WARM_UP_KEY}], True)
+            self.feast_ready = True
+        except Exception as exc:
+            self.feast_error = repr(exc)
+            log.exception(f"{self.spec.name}: the Feast online store could not be read")
+
+    def stop(self) -> None:
+        self.holder.stop()
+        self.worker.stop()
+
+    def predict(self, rows: list[dict[str, Any]], allow_missing: bool) -> dict[str, Any]:
+        """Answer entity rows with one snapshot of the served versions (never two champions in
+        one answer). Raises NoChampion, or scoring.UnknownEntities."""
+        started = time.perf_counter()
+        received_at = datetime.now(UTC)
+        served = self.holder.current
+        champion, challenger = served.champion, served.challenger
+        if champion is None:
+            raise NoChampion(self.no_champion_reason())
+        features = read_features(self.spec, self.feast, rows, allow_missing)
+        keys = features.keys
+        routed = (
+            canary_rows(self.spec.name, keys, self.spec.serving.canary_fraction)
+            if challenger is not None and self.monitor.routes_to(challenger.version)
+            else [False] * len(keys)
+        )
+        answers = self.answer(served, features.frame, routed)
+        request_id = uuid.uuid4().hex
+        versions = {CHAMPION: champion.version, CHALLENGER: challenger and challenger.version}
+        classify = self.spec.is_classification
+        predictions = []
+        for i, key in enumerate(keys):
+            role = CHALLENGER if routed[i] else CHAMPION
+            row: dict[str, Any] = {self.spec.entity_key: key}
+            if classify:
+                row["label"], row["score"] = answers.prediction[i], answers.score[i]
+            else:
+                row["value"] = answers.prediction[i]
+            row.update(
+                version=versions[role],
+                served_by=role,
+                features_missing=bool(features.missing[i]),
+                missing_features=features.missing[i],
+            )
+            predictions.append(row)
+        for role in (CHAMPION, CHALLENGER):
+            count = sum((r == (role == CHALLENGER)) for r in routed)
+            if count:
+                self.metrics.rows.labels(self.spec.name, role, versions[role]).inc(count)
+        incomplete = sum(bool(m) for m in features.missing)
+        if incomplete:
+            self._missing.inc(incomplete)
+        self.worker.submit(
+            AnsweredRequest(
+                request_id=request_id,
+                received_at=received_at,
+                keys=keys,
+                frame=features.frame,
+                missing=features.missing,
+                served=served,
+                canary=routed,
+                answers=answers,
+                latency_ms=(time.perf_counter() - started) * 1000,
+            )
+        )
+        return {
+            "pipeline": self.spec.name,
+            "model": self.spec.model_name,
+            "version": champion.version,
+            "request_id": request_id,
+            "predictions": predictions,
+        }
+
+    def answer(self, served: Served, frame: Any, routed: list[bool]) -> Outputs:
+        """The answering version's output per row: the champion's, the challenger's for the
+        canary's rows."""
+        if not any(routed):
+            return predict(served.champion.model, frame, self.spec)
+        if all(routed):
+            return predict(served.challenger.model, frame, self.spec)
+        out = Outputs([None] * len(routed), [None] * len(routed))
+        for model, canary in ((served.champion.model, False), (served.challenger.model, True)):
+            rows = [i for i, r in enumerate(routed) if r == canary]
+            part = predict(model, frame.iloc[rows], self.spec)
+            for at, i in enumerate(rows):
+                out.prediction[i], out.score[i] = part.prediction[at], part.score[at]
+        return out
+
+    def feedback(self, labels: list[tuple[str, str, Any]]) -> dict[str, Any]:
+        """Labels of answered rows, (request_id, entity key, label): paired with both versions'
+        predictions while a challenger exists (the canary's live metric)."""
+        counts = self.monitor.feedback(labels)
+        return {**counts, "canary": self.monitor.last_verdict or None}
+
+    def no_champion_reason(self) -> str:
+        error = self.holder.last_error
+        if error is not None:
+            return f"no champion of {self.spec.model_name} loaded: {error.message}"
+        if self.holder.last_refresh is None:
+            return f"{self.spec.model_name}: the champion is still loading"
+        return f"{self.spec.model_name} has no champion in the registry yet"
+
+    def status(self) -> dict[str, Any]:
+        """What /ready and /pipelines report for this pipeline."""
+        served = self.holder.current
+        error = self.holder.last_error
+        return {
+            "model": self.spec.model_name,
+            "champion": served.champion.version if served.champion else None,
+            "challenger": served.challenger.version if served.challenger else None,
+            "canary_fraction": self.spec.serving.canary_fraction,
+            "canary_routing": bool(
+                served.challenger and self.monitor.routes_to(served.challenger.version)
+            ),
+            "canary_stopped": self.monitor.stopped,
+            "refresh_seconds": self.spec.serving.refresh_seconds,
+            "last_refresh": iso(self.holder.last_refresh),
+            "last_error": {"message": error.message, "at": iso(error.at)} if error else None,
+            "following_registry": self.holder.following,
+            "feature_store_ready": self.feast_ready,
+            "feature_store_error": self.feast_error,
+            "request_log": self.spec.serving.request_log,
+            "request_log_pending": self.worker.pending(),
+        }
+
+
+def iso(timestamp: float | None) -> str | None:
+    if timestamp is None:
+        return None
+    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="seconds")
