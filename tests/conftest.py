@@ -37,8 +37,15 @@ def run_cli(*args: str) -> tuple[int, str]:
     from mlops_assets.cli import main
 
     out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        code = main(list(args))
+    saved = os.environ.get("MLOPS_CONFIG")  # `--config` sets it for the CLI's process
+    try:
+        with contextlib.redirect_stdout(out):
+            code = main(list(args))
+    finally:
+        if saved is None:
+            os.environ.pop("MLOPS_CONFIG", None)
+        else:
+            os.environ["MLOPS_CONFIG"] = saved
     return code, out.getvalue()
 
 
