@@ -3,6 +3,7 @@ model_performance (the champion on labels once they arrive), each with its own a
 
 import math
 import tempfile
+from datetime import date
 from typing import Any
 
 from dagster import (
@@ -238,8 +239,12 @@ def build_model_performance(spec: PipelineSpec) -> AssetsDefinition:
         ins=asset_ins(spec, "validated_data", "batch_predictions"),
         partitions_def=daily_partitions(spec),
         group_name=spec.name,
-        deps=[asset_key(spec, "model_promotion")],
-        description=f"The predictions actually served for a day (batch_predictions), scored on "
+        deps=[
+            asset_key(spec, "model_promotion"),
+            *([asset_key(spec, "online_predictions")] if spec.serving.monitor_online else []),
+        ],
+        description=f"The predictions actually served for a day (batch_predictions, and with "
+        "serving.monitor_online the online traffic, online_predictions), scored on "
         f"its labels once they are delivered ({performance.label_delay_days} day(s) later), "
         "versus the served version's training-time holdout; the current champion and "
         "challenger on the same rows beside them; and, when the served version is still the "
@@ -288,6 +293,8 @@ def build_model_performance(spec: PipelineSpec) -> AssetsDefinition:
             for m in performance.max_degradation
         }
         degraded = sorted(m for m, d in degradation.items() if d > performance.max_degradation[m])
+        online = served_online(spec, day, validated_data, mlflow)
+        degraded += [f"online:{m}" for m in online.get("degraded_metrics", [])]
         X, y = served[spec.feature_names], served[spec.label]
         champion = mlflow.champion(name)
         challenger = mlflow.alias_version(name, CHALLENGER_ALIAS)
@@ -322,6 +329,7 @@ def build_model_performance(spec: PipelineSpec) -> AssetsDefinition:
             "replaced_version": replaced,
             "replaced_live": previous,
             "rollback_recommended": bool(regressed),
+            "online": online,
         }
         context.log.info(
             f"served v{version} on {len(served)} labelled rows: {live}; degraded "
@@ -342,6 +350,7 @@ def build_model_performance(spec: PipelineSpec) -> AssetsDefinition:
                 "beside_served": MetadataValue.json(beside),
                 **{f"live_{k}": v for k, v in live.items()},
                 **{f"holdout_{k}": v for k, v in holdout.items() if math.isfinite(v)},
+                **online_metadata(online),
             },
         )
         yield AssetCheckResult(
@@ -371,6 +380,31 @@ def build_model_performance(spec: PipelineSpec) -> AssetsDefinition:
         )
 
     return model_performance
+
+
+def served_online(
+    spec: PipelineSpec, day: date, validated_data: Frame, mlflow: MLflowResource
+) -> dict[str, Any]:
+    """The day's online answers scored on its labels (mlops_assets/online.py), when the spec
+    monitors online traffic; else {}."""
+    if not spec.serving.monitor_online:
+        return {}
+    from mlops_assets.online import online_performance
+
+    return online_performance(
+        spec, day, validated_data, lambda v: holdout_metrics(mlflow, spec.model_name, v)
+    )
+
+
+def online_metadata(online: dict[str, Any]) -> dict[str, Any]:
+    if not online:
+        return {}
+    return {
+        "online_labelled_rows": online["labelled_rows"],
+        "online_model_version": online["model_version"],
+        "online_versions": MetadataValue.json(online["versions"]),
+        **{f"online_live_{k}": v for k, v in online["live"].items() if math.isfinite(v)},
+    }
 
 
 def metric_table(

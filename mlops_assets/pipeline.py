@@ -26,6 +26,7 @@ from mlops_assets.keys import (
     scoped_name,
 )
 from mlops_assets.monitoring import build_drift_report, build_model_performance
+from mlops_assets.online import build_online_predictions
 from mlops_assets.promotion import build_model_promotion, build_rollback_job
 from mlops_assets.registry_commands import build_retirement_job
 from mlops_assets.spec import PipelineSpec
@@ -48,6 +49,8 @@ ASSET_NAMES = (
     "model_performance",
 )
 INGEST_ASSETS = ["raw_data", "validated_data", "features"]
+# What the label_feedback job scores; with serving.monitor_online, the day's online traffic too.
+FEEDBACK_ASSETS = {False: ["model_performance"], True: ["online_predictions", "model_performance"]}
 TRAINING_ASSETS = ["training_set", "candidate_model", "model_promotion"]
 
 
@@ -65,6 +68,7 @@ def build_assets(spec: PipelineSpec) -> list[Any]:
             build_batch_predictions(spec),
             build_drift_report(spec),
             build_model_performance(spec),
+            *([build_online_predictions(spec)] if spec.serving.monitor_online else []),
         ],
     )
 
@@ -110,7 +114,7 @@ def build_jobs(spec: PipelineSpec) -> dict[str, Any]:
         FEEDBACK_JOB: define_asset_job(
             scoped_name(spec, FEEDBACK_JOB),
             tags=tags,
-            selection=selection(spec, "model_performance"),
+            selection=selection(spec, *FEEDBACK_ASSETS[spec.serving.monitor_online]),
             description="Labels have arrived for a day: the champion's performance on them.",
         ),
         LIFECYCLE_JOB: define_asset_job(

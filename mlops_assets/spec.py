@@ -416,6 +416,11 @@ class ServingSpec(StrictModel):
         description="Requests waiting for the shadow scorer and the request log; when full, "
         "new ones are dropped from the log (counted in /metrics), never delayed.",
     )
+    monitor_online: bool = Field(
+        default=False,
+        description="Add the online_predictions asset (a day of the request log) and score it "
+        "on the day's labels in model_performance beside batch_predictions.",
+    )
 
 
 # Alerts (docs/alerts.md): the events the alerts sensor sends, and where.

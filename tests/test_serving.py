@@ -536,6 +536,54 @@ def test_an_unsafe_champion_is_refused_and_the_previous_keeps_serving(
         wait_for(lambda: client.get("/ready").json()["status"] == "ready", 60, "ready again")
 
 
+def test_online_traffic_feeds_model_performance(
+    serving: ServingState, server: Server, tmp_path: Path
+):
+    """Answers logged by the server become the day's online_predictions, and model_performance
+    scores them on the day's delivered labels beside batch_predictions."""
+    import pandas as pd
+    from dagster import DagsterInstance
+
+    from mlops_assets.keys import FEEDBACK_JOB, asset_key
+    from mlops_assets.pipeline import build_definitions
+
+    state = serving.trained
+    day = state.trained_day.isoformat()
+    offline = state.home / "feast" / "offline" / state.spec.name / f"{day}.parquet"
+    keys = sorted(set(pd.read_parquet(offline)[state.spec.entity_key]))[:200]
+    with server.client() as client:
+        request_ids = [
+            predict(client, *({"customer_id": k} for k in keys[i : i + 50])).json()["request_id"]
+            for i in range(0, len(keys), 50)
+        ]
+    wait_for(lambda: all(logged_rows(serving, r) is not None for r in request_ids) or None, 30)
+    log = read_log(serving)
+    traffic = log[log.request_id.isin(request_ids)]
+    folder = request_log_folder(state.spec.name) / day  # as if that traffic came on that day
+    folder.mkdir(parents=True)
+    traffic.to_parquet(folder / "traffic.parquet")
+
+    spec = load_spec(state.write_spec(tmp_path / "spec.yaml", serving={"monitor_online": True}))
+    job = build_definitions(spec).resolve_job_def(scoped_name(spec, FEEDBACK_JOB))
+    result = job.execute_in_process(partition_key=day, instance=DagsterInstance.get())
+    assert result.success
+    metadata = {
+        event.asset_key: {
+            k: v.value for k, v in event.event_specific_data.materialization.metadata.items()
+        }
+        for event in result.get_asset_materialization_events()
+    }
+    online = metadata[asset_key(spec, "online_predictions")]
+    assert (online["dagster/row_count"], online["requests"]) == (200, 4)
+    assert online["answered_by_version"] == {"1": 200}
+    performance = metadata[asset_key(spec, "model_performance")]
+    assert performance["online_labelled_rows"] == 200
+    assert performance["online_model_version"] == "1"
+    assert performance["online_live_roc_auc"] > 0.6
+    assert performance["online_versions"] == {"1": 200}
+    assert "live_roc_auc" in performance  # batch_predictions are still scored beside
+
+
 def test_several_pipelines_behind_one_server(serving: ServingState, tmp_path: Path):
     """Each pipeline has its own routes; one without a champion answers 503 and keeps the
     server not ready, while the other answers."""

@@ -51,6 +51,7 @@ _FEATURES = (
 )
 _MONITORING = (
     "mlops_assets.monitoring",
+    "mlops_assets.online",
     "mlops_assets.ml.evaluation",
     "mlops_assets.ml.windows",
     "mlops_resources.mlflow_tracking",
@@ -86,6 +87,7 @@ CODE_BY_ASSET: dict[str, tuple[str, ...]] = {
     ),
     "drift_report": (*_MONITORING, "mlops_resources.drift_detection", "mlops_resources.storage"),
     "model_performance": _MONITORING,
+    "online_predictions": ("mlops_assets.serving.request_log",),
 }
 
 # The spec keys each stage reads: a change to them (or to the stage's module) gives the asset a
@@ -116,6 +118,7 @@ SPEC_KEYS_BY_ASSET: dict[str, tuple[str, ...]] = {
     "candidate_model": ("label", "task", "classes", "features", "model", "governance"),
     "model_promotion": ("task", "classes", "gate", "governance"),
     "batch_predictions": ("entity_key", "timestamp", "features", "task", "classes"),
+    "online_predictions": ("entity_key", "features", "task", "classes", "serving"),
 }
 
 

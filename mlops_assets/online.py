@@ -1,0 +1,129 @@
+"""Online traffic in the loop: `online_predictions` is a day of the server's request log
+(mlops_assets/serving; docs/serving.md), and model_performance scores it on the day's delivered
+labels beside batch_predictions, when the spec sets `serving.monitor_online`.
+
+The request log's Parquet files are the asset's data (as Feast's stores are the `features`
+asset's): the asset records what a day of traffic was (rows, versions, latency, missing
+features, shadow agreement) and model_performance reads the same files. A logged row is
+labelled with the label of its entity's row of that day in validated_data (the entity's
+latest event of the day when it has several).
+
+No `from __future__ import annotations`: Dagster reads the asset's context annotation at run time.
+"""
+
+from datetime import date
+from typing import Any
+
+from dagster import AssetExecutionContext, AssetsDefinition, MaterializeResult, MetadataValue, asset
+
+from mlops_assets.data import daily_partitions, partition_day
+from mlops_assets.frames import Frame
+from mlops_assets.serving.request_log import request_log_folder
+from mlops_assets.spec import PipelineSpec
+
+
+def read_online_predictions(spec: PipelineSpec, day: date) -> "Frame | None":
+    """Every row the server logged on `day` (UTC), or None when it logged none."""
+    import pandas as pd
+
+    files = sorted((request_log_folder(spec.name) / day.isoformat()).glob("*.parquet"))
+    if not files:
+        return None
+    return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+
+
+def labelled_online_rows(spec: PipelineSpec, online: "Frame", validated_data: "Frame") -> "Frame":
+    """The logged rows whose entity has a row (and so a delivered label) in the day's data."""
+    labels = (
+        validated_data.sort_values(spec.timestamp)
+        .drop_duplicates(spec.entity_key, keep="last")[[spec.entity_key, spec.label]]
+        .astype({spec.entity_key: str})
+    )
+    return online.merge(labels, on=spec.entity_key, how="inner")
+
+
+def online_performance(
+    spec: PipelineSpec, day: date, validated_data: "Frame", holdout_of: Any
+) -> dict[str, Any]:
+    """The answers served online on `day`, scored on their labels: rows, the version that
+    answered most, its live metrics and those worse than its holdout (`holdout_of(version)`)
+    beyond monitoring.performance.max_degradation. {} without labelled online rows."""
+    import math
+
+    from mlops_assets.monitoring import served_metrics, worsening
+
+    online = read_online_predictions(spec, day)
+    if online is None:
+        return {}
+    labelled = labelled_online_rows(spec, online, validated_data)
+    if labelled.empty:
+        return {}
+    version = str(labelled["model_version"].mode().iloc[0])
+    live = served_metrics(labelled, spec)
+    holdout = holdout_of(version)
+    limits = spec.monitoring.performance.max_degradation
+    degraded = sorted(
+        m
+        for m, limit in limits.items()
+        if worsening(spec, m, holdout.get(m, math.nan), live[m]) > limit
+    )
+    return {
+        "labelled_rows": len(labelled),
+        "logged_rows": len(online),
+        "versions": {str(v): int(n) for v, n in labelled["model_version"].value_counts().items()},
+        "model_version": version,
+        "live": live,
+        "degraded_metrics": degraded,
+    }
+
+
+def traffic_summary(spec: PipelineSpec, online: "Frame") -> dict[str, Any]:
+    """What a day of online traffic was, for the asset's metadata."""
+    summary: dict[str, Any] = {
+        "dagster/row_count": len(online),
+        "requests": int(online["request_id"].nunique()),
+        "entities": int(online[spec.entity_key].nunique()),
+        "answered_by_version": MetadataValue.json(
+            {str(k): int(v) for k, v in online["model_version"].value_counts().items()}
+        ),
+        "canary_rows": int((online["answered_by"] == "challenger").sum()),
+        "rows_with_missing_features": int(online["missing_features"].map(len).gt(0).sum()),
+        "latency_p50_ms": float(online["latency_ms"].quantile(0.5)),
+        "latency_p99_ms": float(online["latency_ms"].quantile(0.99)),
+    }
+    both = online.dropna(subset=["challenger_prediction"])
+    if len(both):
+        agreement = (both["champion_prediction"] == both["challenger_prediction"]).mean()
+        summary["shadow_rows"] = len(both)
+        summary["shadow_agreement"] = float(agreement)
+    return summary
+
+
+def build_online_predictions(spec: PipelineSpec) -> AssetsDefinition:
+    @asset(
+        name="online_predictions",
+        key_prefix=spec.name,
+        partitions_def=daily_partitions(spec),
+        group_name=spec.name,
+        description="A day of online traffic: every row `python -m mlops_assets serve` answered "
+        "(entity, features used, version, prediction, the challenger's shadow prediction, "
+        "latency), from its Parquet request log. model_performance scores it on the day's "
+        "labels beside batch_predictions.",
+        kinds={"fastapi", "parquet"},
+    )
+    def online_predictions(context: AssetExecutionContext) -> MaterializeResult:
+        day = partition_day(context.partition_key)
+        folder = request_log_folder(spec.name) / day.isoformat()
+        online = read_online_predictions(spec, day)
+        if online is None:
+            context.log.info(f"no online traffic logged for {day} in {folder}")
+            return MaterializeResult(
+                metadata={"dagster/row_count": 0, "request_log": MetadataValue.path(str(folder))}
+            )
+        summary = traffic_summary(spec, online)
+        context.log.info(f"{len(online)} online rows logged for {day}")
+        return MaterializeResult(
+            metadata={**summary, "request_log": MetadataValue.path(str(folder))}
+        )
+
+    return online_predictions
