@@ -284,9 +284,9 @@ def build_drift_sensor(spec: PipelineSpec, retrain_job: Any, rollback_job: Any) 
         description="Reads new drift_report and model_performance results. Drift share above "
         f"{monitoring.drift.drift_share} or served predictions degraded beyond tolerance raise "
         "an alarm; once labels after the alarm's day are delivered, `retrain` for the newest "
-        "labelled day, its window starting at the change (at most once per "
-        f"{cooldown} day(s)). A champion worse than the version it replaced on days it "
-        "served -> one `rollback` from that version.",
+        "labelled day, its window starting at the change (no new retraining within "
+        f"{cooldown} day(s) of a promotion). A champion worse than the version it replaced on "
+        "days it served -> one `rollback` from that version.",
     )
     def drift_sensor(context: SensorEvaluationContext) -> SensorResult:
         state = json.loads(context.cursor) if context.cursor else {}
@@ -343,17 +343,23 @@ def build_drift_sensor(spec: PipelineSpec, retrain_job: Any, rollback_job: Any) 
     return drift_sensor
 
 
-def last_retrain_partition(context: SensorEvaluationContext, spec: PipelineSpec) -> str | None:
-    """The partition of the latest retraining this sensor launched, read from the instance (not
-    the cursor), so the cooldown survives a lost cursor."""
-    runs = context.instance.get_runs(
-        filters=RunsFilter(
-            job_name=scoped_name(spec, RETRAIN_JOB),
-            tags={"dagster/sensor_name": scoped_name(spec, DRIFT_SENSOR)},
-        ),
-        limit=1,
-    )
-    return runs[0].tags.get("dagster/partition") if runs else None
+def last_promotion_partition(context: SensorEvaluationContext, spec: PipelineSpec) -> str | None:
+    """The partition of the latest retraining launched by this sensor whose model_promotion
+    moved the champion, read from the instance (not the cursor), so the cooldown survives a
+    lost cursor. A retraining the gate refused starts no cooldown: the alarm stays open for
+    the next delivered labels."""
+    sensor_name = scoped_name(spec, DRIFT_SENSOR)
+    records = context.instance.fetch_materializations(
+        asset_key(spec, "model_promotion"), limit=MAX_EVENTS_PER_TICK
+    ).records
+    for record in records:  # newest first
+        moved = record.asset_materialization.metadata.get("champion_moved")
+        if moved is None or moved.value is not True:
+            continue
+        run = context.instance.get_run_by_id(record.run_id)
+        if run is not None and run.tags.get("dagster/sensor_name") == sensor_name:
+            return record.partition_key
+    return None
 
 
 def read_evidence(
@@ -415,13 +421,15 @@ def retrain_request(
             f"alarm kept until labels of {alarm['day']} are delivered: {alarm['why']}",
             True,
         )
-    last = last_retrain_partition(context, spec)
+    last = last_promotion_partition(context, spec)
     if last and (newest - partition_day(last)).days < cooldown:
-        return None, f"no retraining (retrained for {last}, cooldown {cooldown} days)", False
+        kept = f"alarm kept (promoted for {last}, cooldown {cooldown} days): {alarm['why']}"
+        return None, kept, True
     partition = newest.isoformat()
     return (
         RunRequest(
-            run_key=f"{RETRAIN_JOB}:{partition}:alarm-{alarm['day']}",
+            # One retraining per alarm day, whatever the partition or a lost cursor re-reads.
+            run_key=f"{RETRAIN_JOB}:alarm-{alarm['day']}",
             job_name=scoped_name(spec, RETRAIN_JOB),
             partition_key=partition,
             tags={

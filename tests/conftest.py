@@ -107,13 +107,10 @@ def lifecycle(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     monitoring["performance"].update(
         max_degradation={"roc_auc": 0.1}, rollback_margin={"roc_auc": 0.08}
     )
-    gate = demo["gate"]
-    gate["value_thresholds"]["log_loss"] = {"max": 0.65}  # ... and a looser log-loss bound
     spec_path = write_spec(
         root / "spec.yaml",
         model={**demo["model"], "training_window_days": TEST_WINDOW_DAYS, "holdout_days": 2},
         monitoring=monitoring,
-        gate=gate,
     )
     code, stdout = run_cli(
         "demo",
