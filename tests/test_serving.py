@@ -157,8 +157,10 @@ def server(serving: ServingState, tmp_path_factory: pytest.TempPathFactory) -> I
         yield running
 
 
-def predict(client: httpx.Client, *entities: dict[str, Any], **extra: Any) -> httpx.Response:
-    return client.post("/loan_default/predict", json={"entities": list(entities), **extra})
+def predict(
+    client: httpx.Client, *entities: dict[str, Any], pipeline: str = "loan_default", **extra: Any
+) -> httpx.Response:
+    return client.post(f"/{pipeline}/predict", json={"entities": list(entities), **extra})
 
 
 def direct_scores(state: ServingState, version: str, entities: list[dict[str, Any]]) -> list:
@@ -166,11 +168,12 @@ def direct_scores(state: ServingState, version: str, entities: list[dict[str, An
     model from the safe loader on the Feast online features (request values first)."""
     from mlops_assets.serving.scoring import predict as model_predict
     from mlops_assets.serving.scoring import read_features
-    from mlops_resources.feast_store import FeastResource
     from mlops_resources.model_loading import load_registered_model
+    from mlops_resources.profiles import profile_resources
 
+    feast = profile_resources()["feast"].process_config_and_initialize()  # sqlite, or Redis
     rows = [{**{f: None for f in state.spec.feature_names}, **e} for e in entities]
-    features = read_features(state.spec, FeastResource(), rows, allow_missing=True)
+    features = read_features(state.spec, feast, rows, allow_missing=True)
     model = load_registered_model(state.name, version)
     return model_predict(model, features.frame, state.spec).score
 
@@ -185,8 +188,8 @@ def wait_for(condition, timeout: float = 60.0, what: str = "condition") -> Any:
         time.sleep(0.2)
 
 
-def served(client: httpx.Client) -> dict[str, Any]:
-    return client.get("/pipelines").json()["loan_default"]
+def served(client: httpx.Client, pipeline: str = "loan_default") -> dict[str, Any]:
+    return client.get("/pipelines").json()[pipeline]
 
 
 def test_serving_spec_section_is_strict(serving: ServingState, tmp_path: Path):

@@ -253,7 +253,8 @@ def create_app(services: dict[str, PipelineService], metrics: ServingMetrics) ->
         "online store; shadow and canary with the challenger. See docs/serving.md.",
         lifespan=lifespan,
     )
-    max_body = max(s.spec.serving.max_batch for s in services.values()) * BODY_BYTES_PER_ENTITY
+    max_batch = max((s.spec.serving.max_batch for s in services.values()), default=1)
+    max_body = max_batch * BODY_BYTES_PER_ENTITY
 
     def internal_error(path: str) -> None:
         log.exception(f"{path} failed")

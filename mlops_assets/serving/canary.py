@@ -22,7 +22,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from dagster import Config, OpExecutionContext, job, op
+from dagster import Config, OpExecutionContext, job, mem_io_manager, op
 from pydantic import Field
 
 from mlops_assets.keys import TRIGGER_TAG, scoped_name
@@ -77,7 +77,8 @@ def build_stop_canary_job(spec: "PipelineSpec", mlflow: MLflowResource) -> Any:
         name=scoped_name(spec, STOP_CANARY_JOB),
         description="Stop a canary whose live metric fell below the champion's: the "
         "`challenger` alias is removed, recording who, when and why.",
-        resource_defs={"mlflow": mlflow},
+        # The op's small result stays in memory: nothing is written under DAGSTER_HOME.
+        resource_defs={"mlflow": mlflow, "io_manager": mem_io_manager},
     )
     def stop_canary():
         stop_canary_op()

@@ -99,6 +99,10 @@ class ModelHolder:
             self._thread.join(timeout=10)
 
     @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    @property
     def following(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 

@@ -46,12 +46,25 @@ def build_app(specs: list[PipelineSpec], resources: dict[str, Any] | None = None
     from mlops_assets.serving.service import PipelineService
     from mlops_resources.profiles import profile_resources
 
+    import_libraries()
     resources = {**profile_resources(), **(resources or {})}
     mlflow = resources["mlflow"].process_config_and_initialize()
     feast = resources["feast"].process_config_and_initialize()
     metrics = ServingMetrics()
     services = {spec.name: PipelineService(spec, mlflow, feast, metrics) for spec in specs}
     return create_app(services, metrics)
+
+
+def import_libraries() -> None:
+    """Import what the server's threads use, here, in one thread: two threads importing feast
+    for the first time at once failed with a circular import ("cannot import name 'DataSource'
+    from partially initialized module"), seen on the production profile."""
+    import feast  # noqa: F401
+    import mlflow.sklearn  # noqa: F401
+    import pandas  # noqa: F401
+    import pyarrow.parquet  # noqa: F401
+    import sklearn.pipeline  # noqa: F401
+    import skops.io  # noqa: F401
 
 
 def serve_command(args: argparse.Namespace) -> int:

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("mlops_assets.serving")
 
 WARM_UP_KEY = "__mlops_warm_up__"
+WARM_UP_RETRY_SECONDS = 5.0
 
 
 class NoChampion(RuntimeError):
@@ -76,13 +77,17 @@ class PipelineService:
 
     def warm_up(self) -> None:
         """Open the feature store (its registry and online store take seconds the first time)
-        with a read of a key that does not exist, so the first request does not pay for it."""
-        try:
-            read_features(self.spec, self.feast, [{self.spec.entity_key: WARM_UP_KEY}], True)
-            self.feast_ready = True
-        except Exception as exc:
-            self.feast_error = repr(exc)
-            log.exception(f"{self.spec.name}: the Feast online store could not be read")
+        with a read of a key that does not exist, so the first request does not pay for it;
+        retried every WARM_UP_RETRY_SECONDS until it works (not ready until then)."""
+        while not self.holder.stopping:
+            try:
+                read_features(self.spec, self.feast, [{self.spec.entity_key: WARM_UP_KEY}], True)
+                self.feast_ready, self.feast_error = True, None
+                return
+            except Exception as exc:
+                self.feast_error = repr(exc)
+                log.exception(f"{self.spec.name}: the Feast online store could not be read")
+            time.sleep(WARM_UP_RETRY_SECONDS)
 
     def stop(self) -> None:
         self.holder.stop()
