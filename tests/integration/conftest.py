@@ -109,14 +109,18 @@ def production(
     spec = load_spec(spec_path)
     # Warm-up, training days, MONITOR_DAYS sensor-driven days, then spare days for bad data.
     days = TEST_WARMUP_DAYS + TEST_TRAIN_DAYS + MONITOR_DAYS + 2
-    write_demo_data(start=spec.partitions.start, days=days, rows_per_day=TEST_ROWS_PER_DAY)
+    # Days arrive one at a time (`demo --replay-from`); the spare days arrive after the story.
+    staged = root / "staged"
+    write_demo_data(staged, start=spec.partitions.start, days=days, rows_per_day=TEST_ROWS_PER_DAY)
     os.environ["MLOPS_CONFIG"] = str(spec_path)
     command = [sys.executable, "-m", "mlops_assets", "demo", "--json", "--config", str(spec_path)]
     command += ["--train-days", str(TEST_TRAIN_DAYS), "--monitor-days", str(MONITOR_DAYS)]
-    command += ["--start", spec.partitions.start.isoformat()]
+    command += ["--start", spec.partitions.start.isoformat(), "--replay-from", str(staged)]
     cli = subprocess.run(
         command, cwd=REPO, env=dict(os.environ), capture_output=True, text=True, timeout=900
     )
+    for spare in sorted(staged.iterdir())[-2:]:
+        shutil.copyfile(spare, root / "home" / "demo_data" / spare.name)
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     (ARTIFACTS / "production_demo.stderr.log").write_text(cli.stderr)
     (ARTIFACTS / "production_demo.stdout.json").write_text(cli.stdout)

@@ -199,15 +199,18 @@ def test_a_user_project_with_two_models(user_project):
     jobs = {job["name"] for job in listed["jobs"]}
     assert {"loans__lifecycle", "loans_linear__lifecycle"} <= jobs
 
+    launched = []
     for name in ("loans", "loans_linear"):
         dg(user_project, "launch", "--job", f"{name}__ingest", "--partition", DAYS[0].isoformat())
-        dg(
-            user_project,
-            "launch",
-            "--job",
-            f"{name}__lifecycle",
-            "--partition",
-            DAYS[1].isoformat(),
+        launched.append(
+            dg(
+                user_project,
+                "launch",
+                "--job",
+                f"{name}__lifecycle",
+                "--partition",
+                DAYS[1].isoformat(),
+            )
         )
     champions = run(
         [
@@ -219,4 +222,7 @@ def test_a_user_project_with_two_models(user_project):
         user_project["project"],
         user_project["env"],
     )
-    assert json.loads(champions.strip().splitlines()[-1]) == {"loans": "1", "loans_linear": "1"}
+    assert json.loads(champions.strip().splitlines()[-1]) == {
+        "loans": "1",
+        "loans_linear": "1",
+    }, "\n".join(line for out in launched for line in out.splitlines() if "gate" in line)[-4000:]
