@@ -159,14 +159,13 @@ def flagged_days(
 
 
 def change_day(context: AssetExecutionContext, spec: PipelineSpec, days: list[date]) -> date | None:
-    """The change a retraining adapts to: the first day in the window that the evidence
-    flagged, or the run's CHANGE_DAY_TAG (the alarm's day, set by the drift sensor) if that
-    is earlier. A gradual change is flagged over several days: the window starts at the first."""
+    """The change a retraining adapts to: the run's CHANGE_DAY_TAG (the alarm's day, set by
+    the drift sensor), else the first flagged day in the window."""
     tagged = context.run.tags.get(CHANGE_DAY_TAG)
-    candidates = [*flagged_days(context, spec, days)]
     if tagged:
-        candidates.append(partition_day(tagged))
-    return min(candidates, default=None)
+        return partition_day(tagged)
+    flagged = flagged_days(context, spec, days)
+    return flagged[0] if flagged else None
 
 
 def build_training_set(spec: PipelineSpec) -> AssetsDefinition:
