@@ -23,9 +23,9 @@ from mlops_assets.data import daily_partitions, newest_arrived_day, partition_da
 from mlops_assets.frames import Frame
 from mlops_assets.keys import REPLACED_TAG, asset_ins, asset_key
 from mlops_assets.markdown import markdown_table
-from mlops_assets.ml.evaluation import evaluate, output_metrics, positive_class
+from mlops_assets.ml.evaluation import evaluate, served_metrics, worsening
 from mlops_assets.ml.windows import labels_due
-from mlops_assets.spec import METRICS_BY_TASK, PREDICTION_COLUMN, PipelineSpec, metric_gain
+from mlops_assets.spec import PREDICTION_COLUMN, PipelineSpec
 from mlops_assets.training import REFERENCE_ARTIFACT_DIR, REFERENCE_FILE
 from mlops_resources.drift_detection import DriftTest, EvidentlyResource
 from mlops_resources.mlflow_tracking import CHALLENGER_ALIAS, MLFLOW_RETRY_POLICY, MLflowResource
@@ -191,34 +191,6 @@ def column_table(columns: list[Any]) -> str:
         ["column", "method", "threshold", "score", "drifted"],
         [(c.column, c.method, c.threshold, c.score, c.drifted) for c in columns],
     )
-
-
-def worsening(spec: PipelineSpec, metric: str, reference: float, value: float) -> float:
-    """How much worse `value` is than `reference` in the metric's bad direction (NaN-safe)."""
-    delta = -metric_gain(METRICS_BY_TASK[spec.task][metric], value, reference)
-    return delta if not math.isnan(delta) else math.inf
-
-
-def served_metrics(served: Frame, spec: PipelineSpec) -> dict[str, float]:
-    """The task's metrics of predictions as they were served (batch_predictions rows joined
-    with their delivered labels): the positive-class score for binary tasks, the predicted
-    class for multiclass (so its log_loss is that of hard predictions), else the prediction."""
-    import numpy as np
-
-    y = served[spec.label]
-    if not spec.is_classification:
-        return output_metrics(served["prediction"].to_numpy(dtype=float), None, y, spec)
-    classes = np.asarray(
-        spec.classes or sorted(set(y.tolist()) | set(served["prediction"].tolist()))
-    )
-    if "score" in served and len(classes) == 2:
-        positive = list(classes).index(positive_class(spec, classes))
-        proba = np.empty((len(served), 2))
-        proba[:, positive] = served["score"].to_numpy(dtype=float)
-        proba[:, 1 - positive] = 1.0 - proba[:, positive]
-    else:
-        proba = (served["prediction"].to_numpy()[:, None] == classes[None, :]).astype(float)
-    return output_metrics(proba, classes, y, spec)
 
 
 def holdout_metrics(mlflow: MLflowResource, name: str, version: str) -> dict[str, float]:

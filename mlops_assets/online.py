@@ -50,7 +50,7 @@ def online_performance(
     beyond monitoring.performance.max_degradation. {} without labelled online rows."""
     import math
 
-    from mlops_assets.monitoring import served_metrics, worsening
+    from mlops_assets.ml.evaluation import served_metrics, worsening
 
     online = read_online_predictions(spec, day)
     if online is None:

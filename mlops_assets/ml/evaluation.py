@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any
 
-from mlops_assets.spec import PipelineSpec, Task
+from mlops_assets.spec import METRICS_BY_TASK, PipelineSpec, Task, metric_gain
 
 if TYPE_CHECKING:
     import numpy as np
@@ -97,3 +97,31 @@ def score(model: object, X: Frame, spec: PipelineSpec) -> Frame:
     if len(classes) == 2:
         out["score"] = proba[:, list(classes).index(positive_class(spec, classes))]
     return out
+
+
+def worsening(spec: PipelineSpec, metric: str, reference: float, value: float) -> float:
+    """How much worse `value` is than `reference` in the metric's bad direction (NaN-safe)."""
+    delta = -metric_gain(METRICS_BY_TASK[spec.task][metric], value, reference)
+    return delta if not math.isnan(delta) else math.inf
+
+
+def served_metrics(served: pd.DataFrame, spec: PipelineSpec) -> dict[str, float]:
+    """The task's metrics of predictions as they were served (batch_predictions rows joined
+    with their delivered labels): the positive-class score for binary tasks, the predicted
+    class for multiclass (so its log_loss is that of hard predictions), else the prediction."""
+    import numpy as np
+
+    y = served[spec.label]
+    if not spec.is_classification:
+        return output_metrics(served["prediction"].to_numpy(dtype=float), None, y, spec)
+    classes = np.asarray(
+        spec.classes or sorted(set(y.tolist()) | set(served["prediction"].tolist()))
+    )
+    if "score" in served and len(classes) == 2:
+        positive = list(classes).index(positive_class(spec, classes))
+        proba = np.empty((len(served), 2))
+        proba[:, positive] = served["score"].to_numpy(dtype=float)
+        proba[:, 1 - positive] = 1.0 - proba[:, positive]
+    else:
+        proba = (served["prediction"].to_numpy()[:, None] == classes[None, :]).astype(float)
+    return output_metrics(proba, classes, y, spec)

@@ -185,7 +185,7 @@ class CanaryMonitor:
         """Champion's and challenger's metrics on the labelled rows both scored."""
         import pandas as pd
 
-        from mlops_assets.monitoring import served_metrics
+        from mlops_assets.ml.evaluation import served_metrics
 
         with self._lock:
             rows = list(self._labelled.get(version, []))
