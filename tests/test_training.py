@@ -16,7 +16,10 @@ from mlops_resources.torch_executor import TorchExecutorResource
 from tests.conftest import run_cli, write_spec
 
 
-def test_torch_mlp_candidate_is_logged_loaded_and_gated(lifecycle, tmp_path):
+def test_torch_mlp_candidate_is_logged_loaded_and_gated(lifecycle, tmp_path, monkeypatch):
+    # Another session fixture (a trained state) may have pointed the environment elsewhere.
+    monkeypatch.setenv("MLOPS_HOME", str(lifecycle["home"]))
+    monkeypatch.setenv("DAGSTER_HOME", str(lifecycle["home"] / "dagster"))
     base = yaml.safe_load(lifecycle["spec_path"].read_text())
     spec = load_spec(
         write_spec(
