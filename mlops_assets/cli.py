@@ -35,7 +35,7 @@ from mlops_assets.keys import (
 )
 from mlops_assets.pipeline import build_definitions
 from mlops_assets.project import CONFIG_ENV, project_specs
-from mlops_assets.registry_commands import reproduce_command, retire_command
+from mlops_assets.registry_commands import relocate_command, reproduce_command, retire_command
 from mlops_assets.spec import PipelineSpec, SpecError, check_model_params, load_spec
 from mlops_assets.story import champion_now, run_story, story_days
 from mlops_resources.instance import write_instance_yaml
@@ -396,23 +396,6 @@ def add_spec_arguments(parser: argparse.ArgumentParser) -> None:
         help="the pipeline of that name in the Dagster project of the current folder (needed "
         "when it defines several; default: its only one or its demo, else the bundled demo)",
     )
-
-
-def relocate_command(spec: PipelineSpec) -> int:
-    """Rewrite MLflow's recorded artifact locations to the current MLOPS_HOME and re-apply the
-    spec's Feast definitions (their offline source path is absolute too)."""
-    from mlops_assets.features import feast_definitions
-    from mlops_resources.feast_store import FeastResource
-    from mlops_resources.relocation import relocate_home
-
-    moved = relocate_home(mlops_home())
-    feast = FeastResource()
-    feast.apply(feast_definitions(spec, feast))
-    print(
-        f"MLOPS_HOME {moved['from']} -> {moved['to']}: {moved['rewritten']} MLflow locations "
-        f"rewritten; Feast definitions of {spec.name} re-applied"
-    )
-    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

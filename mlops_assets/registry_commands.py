@@ -1,5 +1,5 @@
 """Registry actions on a model version: the retirement job (archive a version, audited) and the
-`python -m mlops_assets retire | reproduce` commands; reproduction itself is
+`python -m mlops_assets retire | reproduce | relocate` commands; reproduction itself is
 mlops_assets.ml.governance.reproduce, run with the active profile's MLflow resource."""
 
 import contextlib
@@ -26,6 +26,7 @@ from mlops_assets.ml.governance.reproduce import ReproduceError, reproduce_versi
 from mlops_assets.spec import PipelineSpec
 from mlops_resources.mlflow_tracking import MLflowResource
 from mlops_resources.profiles import profile_resources
+from mlops_resources.storage import mlops_home
 
 RETIRED_TAG = "mlops.retired"
 
@@ -172,3 +173,20 @@ def reproduce_command(spec: PipelineSpec, version: str, as_json: bool) -> int:
             )
         print("reproduced: same metrics" if result["match"] else "NOT reproduced")
     return 0 if result["match"] else 1
+
+
+def relocate_command(spec: PipelineSpec) -> int:
+    """Rewrite MLflow's recorded artifact locations to the current MLOPS_HOME and re-apply the
+    spec's Feast definitions (their offline source path is absolute too)."""
+    from mlops_assets.features import feast_definitions
+    from mlops_resources.feast_store import FeastResource
+    from mlops_resources.relocation import relocate_home
+
+    moved = relocate_home(mlops_home())
+    feast = FeastResource()
+    feast.apply(feast_definitions(spec, feast))
+    print(
+        f"MLOPS_HOME {moved['from']} -> {moved['to']}: {moved['rewritten']} MLflow locations "
+        f"rewritten; Feast definitions of {spec.name} re-applied"
+    )
+    return 0
