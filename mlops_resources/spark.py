@@ -1,0 +1,157 @@
+"""Spark: the session the `spark` engine runs its data plane on (docs/deployment.md).
+
+A thin ConfigurableResource, in the manner of dagster-duckdb's: every field is described and
+`session()` hands out a SparkSession. Where Spark runs is configuration only: the default
+master `local[2]` runs in this process's JVM (Java 17), bound to 127.0.0.1 with the web UI off;
+a cluster master (`spark://...`, `k8s://https://...`, `yarn`) and its settings go in `master`
+and `conf`. pyspark is imported on first use, so this module loads without it (pyspark is in
+the `integration` extra only).
+
+    spark = SparkResource()                    # local[2], loopback only, no UI
+    with spark.session_scope() as session:     # started here, stopped on exit
+        session.read.parquet(path).count()
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import socket
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+from dagster import ConfigurableResource, InitResourceContext
+from pydantic import Field, PrivateAttr
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+LOOPBACK = "127.0.0.1"
+# Ports the local driver may listen on: below the usual ephemeral range (32768-60999), so they
+# never collide with the outgoing connections the OS hands out.
+LOCAL_PORT_RANGE = (20000, 32000)
+# Settings every session gets unless `conf` says otherwise: UTC (the suite's partitions are UTC
+# days), Arrow for pandas conversion (mapInPandas, toPandas of samples), few shuffle partitions
+# for one machine (a cluster config raises it).
+DEFAULT_CONF: dict[str, str] = {
+    "spark.sql.session.timeZone": "UTC",
+    "spark.sql.execution.arrow.pyspark.enabled": "true",
+    "spark.sql.shuffle.partitions": "8",
+    "spark.sql.sources.partitionOverwriteMode": "dynamic",
+    "spark.ui.showConsoleProgress": "false",
+}
+
+
+class SparkUnavailable(RuntimeError):
+    """pyspark (the `integration` extra) or Java is missing: the spark engine cannot run."""
+
+
+def free_local_port(low: int = LOCAL_PORT_RANGE[0], high: int = LOCAL_PORT_RANGE[1]) -> int:
+    """A port in [low, high) that nothing listens on at 127.0.0.1 right now."""
+    for port in random.sample(range(low, high), 64):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            try:
+                probe.bind((LOOPBACK, port))
+            except OSError:
+                continue
+            return port
+    raise OSError(f"no free port on {LOOPBACK} in [{low}, {high})")
+
+
+def is_local_master(master: str) -> bool:
+    """Whether `master` runs executors inside the driver's JVM (`local`, `local[N]`, ...)."""
+    return master == "local" or master.startswith("local[")
+
+
+class SparkResource(ConfigurableResource):
+    """A SparkSession for the spark engine: local[2] on loopback by default, a cluster by
+    configuration. The session this resource started is stopped when the step ends."""
+
+    master: str = Field(
+        default="local[2]",
+        description="Spark master: local[N] (in-process), spark://host:7077, k8s://https://"
+        "<api-server>, yarn. A managed cluster launched through Dagster Pipes sets it itself.",
+    )
+    app_name: str = Field(default="dagster-mlops-suite", description="spark.app.name.")
+    conf: dict[str, str] = Field(
+        default_factory=dict,
+        description="Spark settings (spark.executor.memory, spark.kubernetes.container.image, "
+        "spark.hadoop.fs.s3a.*, ...); they override the suite's defaults. Never put a secret "
+        "here: config is shown in the UI (use the cluster's IAM role or its secret store).",
+    )
+    ui_port: int | None = Field(
+        default=None,
+        ge=1024,
+        lt=32768,
+        description="Serve the Spark web UI on this port (on 127.0.0.1 in local mode); "
+        "None: no UI.",
+    )
+    warehouse_uri: str = Field(
+        default="",
+        description="Where the spark engine writes its tables (a folder, s3a://bucket/prefix, "
+        "...); default $MLOPS_HOME/spark. Must be reachable by every executor.",
+    )
+
+    _session: Any = PrivateAttr(default=None)
+
+    def spark_conf(self) -> dict[str, str]:
+        """Every setting the session is built with: defaults, local-mode networking, `conf`."""
+        settings = {**DEFAULT_CONF, "spark.ui.enabled": str(self.ui_port is not None).lower()}
+        if self.ui_port is not None:
+            settings["spark.ui.port"] = str(self.ui_port)
+        if is_local_master(self.master):
+            settings.update(
+                {
+                    "spark.driver.bindAddress": LOOPBACK,
+                    "spark.driver.host": LOOPBACK,
+                    "spark.driver.port": str(free_local_port()),
+                    "spark.blockManager.port": str(free_local_port()),
+                    "spark.port.maxRetries": "32",
+                }
+            )
+        return {**settings, **self.conf}
+
+    def session(self) -> SparkSession:
+        """The session, started on first call (pyspark imported then)."""
+        if self._session is not None:
+            return self._session
+        try:
+            from pyspark.sql import SparkSession
+        except ImportError as exc:
+            raise SparkUnavailable(
+                "engine 'spark' needs pyspark: pip install 'dagster-mlops-suite[integration]' "
+                "(and Java 17 on the PATH)"
+            ) from exc
+        if is_local_master(self.master):
+            # Python workers run this interpreter; the JVM resolves no host name.
+            os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+            os.environ.setdefault("SPARK_LOCAL_IP", LOOPBACK)
+        builder = SparkSession.builder.master(self.master).appName(self.app_name)
+        for key, value in self.spark_conf().items():
+            builder = builder.config(key, value)
+        try:
+            session = builder.getOrCreate()
+        except Exception as exc:  # Py4J / JVM start-up failures: name the likely cause
+            raise SparkUnavailable(f"Spark did not start on {self.master}: {exc}") from exc
+        session.sparkContext.setLogLevel("WARN")
+        self._session = session
+        return session
+
+    def stop(self) -> None:
+        """Stop the session this resource started (a no-op when none is running)."""
+        if self._session is not None:
+            self._session.stop()
+            self._session = None
+
+    @contextmanager
+    def session_scope(self) -> Iterator[SparkSession]:
+        """A session for the `with` block, stopped when it ends."""
+        try:
+            yield self.session()
+        finally:
+            self.stop()
+
+    def teardown_after_execution(self, context: InitResourceContext) -> None:
+        self.stop()
