@@ -323,14 +323,16 @@ def served_predictions(home: Path, staged: Path) -> dict[str, dict[str, Any]]:
     from sklearn.metrics import roc_auc_score
 
     served = {}
-    # storage/<asset>/<partition>, or storage/<pipeline>/<asset>/<partition>.
+    # storage/<pipeline>/<asset>/<partition>.parquet (a pickle without suffix before Parquet).
     for path in sorted((home / "storage").glob("**/batch_predictions/*")):
-        predictions = pd.read_pickle(path)
+        if path.suffix not in ("", ".parquet"):
+            continue
+        predictions = pd.read_parquet(path) if path.suffix else pd.read_pickle(path)
         labels = pd.read_parquet(
-            staged / f"stream_{path.name}.parquet", columns=[KEY, TIMESTAMP, LABEL]
+            staged / f"stream_{path.stem}.parquet", columns=[KEY, TIMESTAMP, LABEL]
         )
         joined = predictions.merge(labels, on=[KEY, TIMESTAMP], how="inner")
-        served[path.name] = {
+        served[path.stem] = {
             "roc_auc": float(roc_auc_score(joined[LABEL] == 1, joined["score"])),
             "rows": len(joined),
             "versions": sorted({str(v) for v in joined["model_version"]}),

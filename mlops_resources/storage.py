@@ -12,13 +12,7 @@ import os
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from dagster import (
-    ConfigurableIOManager,
-    ConfigurableIOManagerFactory,
-    ConfigurableResource,
-    EnvVar,
-    FilesystemIOManager,
-)
+from dagster import ConfigurableIOManagerFactory, ConfigurableResource, EnvVar
 from pydantic import Field
 
 TELEMETRY_OFF = {
@@ -67,19 +61,20 @@ def expand_home(path: str) -> str:
 
 def asset_io_manager(
     base_dir: str | None = None, *, s3_bucket: str | None = None, s3_prefix: str = "dagster"
-) -> ConfigurableIOManagerFactory | ConfigurableIOManager:
-    """The IO manager for asset values: local files under MLOPS_HOME/storage by default, or
-    pickles in `s3_bucket` under `s3_prefix` (dagster-aws S3PickleIOManager).
+) -> ConfigurableIOManagerFactory:
+    """The IO manager for asset values (mlops_resources/io_manager.py): Parquet for tables and
+    JSON for plain values, written atomically per run, in a local folder (MLOPS_HOME/storage by
+    default) or in `s3_bucket` under `s3_prefix` through the same class.
 
     S3 settings come from the environment only: AWS_ENDPOINT_URL (an S3-compatible server),
-    AWS_DEFAULT_REGION, and credentials through AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY as
-    dagster EnvVars (or the default AWS chain, e.g. an IAM role, when they are not set).
+    AWS_DEFAULT_REGION, and credentials through the default AWS chain (AWS_ACCESS_KEY_ID /
+    AWS_SECRET_ACCESS_KEY, a profile or an IAM role); no secret is part of the resource config.
     """
-    if not s3_bucket:
-        return FilesystemIOManager(base_dir=base_dir or str(mlops_home() / "storage"))
-    from dagster_aws.s3 import S3PickleIOManager
+    from mlops_resources.io_manager import AssetIOManager
 
-    return S3PickleIOManager(s3_resource=s3_resource(), s3_bucket=s3_bucket, s3_prefix=s3_prefix)
+    if not s3_bucket:
+        return AssetIOManager(base_path=base_dir or "")
+    return AssetIOManager(base_path=f"s3://{s3_bucket}/{s3_prefix.strip('/')}".rstrip("/"))
 
 
 def s3_resource() -> ConfigurableResource:

@@ -240,10 +240,10 @@ def test_no_training_set_uses_a_label_before_its_delivery(lifecycle):
         assert cutoff <= date.fromisoformat(partition)
         if partition in lifecycle_days:
             assert cutoff == date.fromisoformat(partition) - timedelta(days=lag)
-    for path in storage.iterdir():
-        frame = pd.read_pickle(path)
+    for path in storage.glob("*.parquet"):  # tables between steps are Parquet files
+        frame = pd.read_parquet(path)
         newest = frame[lifecycle["spec"].timestamp].dt.date.max()
-        assert newest <= date.fromisoformat(path.name) - timedelta(days=lag) or (
-            path.name not in lifecycle_days
+        assert newest <= date.fromisoformat(path.stem) - timedelta(days=lag) or (
+            path.stem not in lifecycle_days
         )
         assert np.isfinite(frame[WEIGHT_COLUMN]).all()

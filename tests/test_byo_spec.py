@@ -130,8 +130,8 @@ def test_own_csv_and_spec_run_end_to_end(home, tmp_path):
         (daily,) = [r for r in day["runs"] if r["job"] == "daily"]
         assert daily["success"] and daily["partition"] == day["day"], daily
         assert daily["batch_predictions_rows"] == 80
-        stored = pd.read_pickle(
-            home / "storage" / "house_prices" / "batch_predictions" / day["day"]
+        stored = pd.read_parquet(
+            home / "storage" / "house_prices" / "batch_predictions" / f"{day['day']}.parquet"
         )
         assert set(stored["model_version"]) == {daily["drift"]["model_version"]}
         price = houses.loc[stored["house"], "price"].to_numpy()

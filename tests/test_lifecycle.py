@@ -59,9 +59,8 @@ def test_predictions_exist_for_each_trained_day(lifecycle):
     for run in lifecycle["summary"]["runs"][TEST_WARMUP_DAYS:]:
         meta = latest_metadata(instance, "batch_predictions", run["partition"])
         assert meta["dagster/row_count"] == TEST_ROWS_PER_DAY
-        stored = pd.read_pickle(
-            Path(lifecycle["home"]) / "storage" / spec.name / "batch_predictions" / run["partition"]
-        )
+        storage = Path(lifecycle["home"]) / "storage" / spec.name / "batch_predictions"
+        stored = pd.read_parquet(storage / f"{run['partition']}.parquet")
         assert len(stored) == TEST_ROWS_PER_DAY
         assert set(stored["prediction"]) <= set(spec.classes)
         assert stored["score"].between(0, 1).all()

@@ -2,10 +2,10 @@
 tests/integration runs the production profile against real ones)."""
 
 import pytest
-from dagster import EnvVar, FilesystemIOManager
-from dagster_aws.s3 import S3PickleIOManager
+from dagster import EnvVar
 
 from mlops_assets.pipeline import default_resources
+from mlops_resources.io_manager import AssetIOManager
 from mlops_resources.profiles import PRODUCTION_ENV, ProfileError, profile_resources
 from mlops_resources.storage import ReportStoreResource
 
@@ -31,7 +31,8 @@ def production_env(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_local_is_the_default(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("MLOPS_PROFILE", raising=False)
     resources = default_resources()
-    assert isinstance(resources["io_manager"], FilesystemIOManager)
+    assert isinstance(resources["io_manager"], AssetIOManager)
+    assert resources["io_manager"].base_path == ""  # $MLOPS_HOME/storage
     assert resources["mlflow"].tracking_uri == "" and resources["feast"].online_store == {}
     assert resources["reports"].base_uri == ""
     assert set(resources) >= {"io_manager", "mlflow", "feast", "gx", "torch_executor", "reports"}
@@ -55,11 +56,8 @@ def test_production_backends_and_secrets_as_env_vars(production_env: None) -> No
     resources = profile_resources()
     assert set(resources) == set(profile_resources("local"))
     io_manager = resources["io_manager"]
-    assert isinstance(io_manager, S3PickleIOManager)
-    assert (io_manager.s3_bucket, io_manager.s3_prefix) == ("team-bucket", "dagster")
-    s3 = io_manager.s3_resource
-    assert s3.aws_access_key_id == EnvVar("AWS_ACCESS_KEY_ID")
-    assert s3.aws_secret_access_key == EnvVar("AWS_SECRET_ACCESS_KEY")
+    assert isinstance(io_manager, AssetIOManager)  # the same class as local, on S3
+    assert io_manager.base_path == "s3://team-bucket/dagster"  # credentials: the AWS chain
     mlflow = resources["mlflow"]
     assert mlflow.tracking_uri == mlflow.ui_url == "http://mlflow.internal:5000"
     assert mlflow.resolved_artifact_location is None  # the server decides (S3)

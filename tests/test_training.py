@@ -72,5 +72,6 @@ def lifecycle_rows(lifecycle, spec):
     import pandas as pd
 
     day = lifecycle["summary"]["runs"][-1]["partition"]
-    training = pd.read_pickle(lifecycle["home"] / "storage" / spec.name / "training_set" / day)
+    storage = lifecycle["home"] / "storage" / spec.name / "training_set"
+    training = pd.read_parquet(storage / f"{day}.parquet")
     return training[spec.feature_names].head(10)
