@@ -34,13 +34,16 @@ LOOPBACK = "127.0.0.1"
 LOCAL_PORT_RANGE = (20000, 32000)
 # Settings every session gets unless `conf` says otherwise: UTC (the suite's partitions are UTC
 # days), Arrow for pandas conversion (mapInPandas, toPandas of samples), few shuffle partitions
-# for one machine (a cluster config raises it).
+# for one machine (a cluster config raises it), no console progress bars.
 DEFAULT_CONF: dict[str, str] = {
     "spark.sql.session.timeZone": "UTC",
     "spark.sql.execution.arrow.pyspark.enabled": "true",
     "spark.sql.shuffle.partitions": "8",
     "spark.sql.sources.partitionOverwriteMode": "dynamic",
     "spark.ui.showConsoleProgress": "false",
+    # pandas writes Parquet timestamps in nanoseconds, which Spark refuses to read as timestamps;
+    # read them as epoch nanoseconds (the spark engine turns them into timestamps, as pandas does)
+    "spark.sql.legacy.parquet.nanosAsLong": "true",
 }
 
 

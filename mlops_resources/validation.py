@@ -1,4 +1,4 @@
-"""Great Expectations 1.x: run a suite of expectations on a pandas DataFrame."""
+"""Great Expectations 1.x: run a suite of expectations on a pandas or a Spark DataFrame."""
 
 from __future__ import annotations
 
@@ -98,19 +98,28 @@ class GreatExpectationsResource(ConfigurableResource):
             raise ValueError(f"expectation '{config.type}' has invalid kwargs: {exc}") from exc
 
     def validate(
-        self, df: pd.DataFrame, suite_name: str, expectations: list[ExpectationConfig]
+        self,
+        df: pd.DataFrame | Any,
+        suite_name: str,
+        expectations: list[ExpectationConfig],
+        engine: str = "pandas",
     ) -> ValidationOutcome:
+        """Run the expectations on `df`: a pandas DataFrame, or with engine "spark" a Spark
+        DataFrame (GX's Spark datasource computes every metric on the cluster)."""
         disable_telemetry()
         import great_expectations as gx
         from great_expectations.data_context.types.base import ProgressBarsConfig
 
         context = gx.get_context(mode="ephemeral")
         context.variables.progress_bars = ProgressBarsConfig(globally=False)
-        batch = (
-            context.data_sources.add_pandas(f"{suite_name}_source")
-            .add_dataframe_asset(f"{suite_name}_frame")
-            .add_batch_definition_whole_dataframe(f"{suite_name}_batch")
+        source = (
+            context.data_sources.add_spark(f"{suite_name}_source")
+            if engine == "spark"
+            else context.data_sources.add_pandas(f"{suite_name}_source")
         )
+        batch = source.add_dataframe_asset(
+            f"{suite_name}_frame"
+        ).add_batch_definition_whole_dataframe(f"{suite_name}_batch")
         suite = context.suites.add(gx.ExpectationSuite(name=suite_name))
         for config in expectations:
             suite.add_expectation(self.build_expectation(config))
