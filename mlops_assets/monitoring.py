@@ -132,7 +132,9 @@ def build_drift_report(spec: PipelineSpec) -> AssetsDefinition:
         drifted = {c.column: round(c.score, 4) for c in outcome.drifted(features)}
         prediction = next(c for c in outcome.columns if c.column == PREDICTION_COLUMN)
         location = reports.save(
-            f"drift_report/{spec.name}/{context.partition_key}.html", outcome.html
+            f"drift_report/{spec.name}/{context.partition_key}.html",
+            outcome.html,
+            run_id=context.run_id,
         )
         summary = {
             "partition": context.partition_key,

@@ -9,6 +9,7 @@ the Feast registry and stores, asset values, and the demo data. The production p
 from __future__ import annotations
 
 import os
+import uuid
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -105,17 +106,25 @@ class ReportStoreResource(ConfigurableResource):
     def root(self) -> Path:
         return Path(expand_home(self.base_uri)) if self.base_uri else mlops_home() / "reports"
 
-    def save(self, key: str, content: str) -> str:
-        """Write `content` under `key` atomically and return where it lives (a path or URI)."""
+    def save(self, key: str, content: str, *, run_id: str = "") -> str:
+        """Write `content` under `key` atomically and return where it lives (a path or URI).
+
+        Locally the report is written to `.<name>.<run_id>.partial` beside its final name and
+        renamed over it: two runs writing the same report (the daemon's concurrent runs, two
+        CLIs) each have their own partial file, and a reader sees one whole report or the
+        other. Without a run id, a random one is used."""
         if self.base_uri.startswith("s3://"):
             return self._save_s3(key, content)
         target = (self.root / key).resolve()
         if not target.is_relative_to(self.root.resolve()):
             raise ValueError(f"report key {key!r} escapes the report root {self.root}")
         target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_name(f".{target.name}.partial")
-        partial.write_text(content, encoding="utf-8")
-        partial.replace(target)
+        partial = target.with_name(f".{target.name}.{run_id or uuid.uuid4().hex}.partial")
+        try:
+            partial.write_text(content, encoding="utf-8")
+            partial.replace(target)
+        finally:
+            partial.unlink(missing_ok=True)
         return str(target)
 
     def _save_s3(self, key: str, content: str) -> str:
