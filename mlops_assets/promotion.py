@@ -39,6 +39,7 @@ from mlops_assets.ml.evaluation import evaluate
 from mlops_assets.ml.gate import Blessing, decide
 from mlops_assets.ml.governance.report import gate_rules
 from mlops_assets.spec import METRICS_BY_TASK, PipelineSpec
+from mlops_resources.instance import CHAMPION_POOL
 from mlops_resources.mlflow_tracking import (
     CHALLENGER_ALIAS,
     MLFLOW_RETRY_POLICY,
@@ -115,6 +116,7 @@ def build_model_promotion(spec: PipelineSpec) -> AssetsDefinition:
         ],
         kinds={"mlflow"},
         retry_policy=MLFLOW_RETRY_POLICY,
+        pool=CHAMPION_POOL,  # one champion move at a time (mlops_resources/instance.py)
     )
     def model_promotion(
         context: AssetExecutionContext,
@@ -271,6 +273,7 @@ def build_rollback_job(spec: PipelineSpec) -> Any:
     @op(
         name=scoped_name(spec, ROLLBACK_OP),
         description="Move the champion alias back (compare-and-set).",
+        pool=CHAMPION_POOL,
     )
     def rollback_op(
         context: OpExecutionContext, config: RollbackConfig, mlflow: MLflowResource

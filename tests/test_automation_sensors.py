@@ -15,9 +15,12 @@ from mlops_assets.keys import NEW_DATA_SENSOR, asset_key, scoped_name
 from mlops_assets.pipeline import build_definitions, build_jobs
 from mlops_assets.spec import load_spec
 from mlops_resources.instance import (
+    CHAMPION_POOL,
     DAGSTER_YAML,
+    FEAST_POOL,
     MAX_CONCURRENT_RUNS,
     PIPELINE_TAG,
+    POOL_LIMIT,
     write_instance_yaml,
 )
 
@@ -110,9 +113,27 @@ def test_the_instance_yaml_queues_runs_one_per_pipeline(tmp_path):
         assert queue.tag_concurrency_limits == [
             {"key": PIPELINE_TAG, "value": {"applyLimitPerUniqueValue": True}, "limit": 1}
         ]
+        pools = instance.get_concurrency_config().pool_config
+        assert pools.default_pool_limit == POOL_LIMIT == 1
+        assert pools.pool_granularity.value == "run"  # no op slot a killed CLI run could keep
+        assert queue.should_block_op_concurrency_limited_runs
     finally:
         instance.dispose()
     assert yaml.safe_load(path.read_text())["telemetry"] == {"enabled": False}
+
+
+def test_steps_that_must_be_serial_declare_their_pools():
+    """Feast registry writes and champion alias moves are in the pools the instance limits."""
+    from mlops_assets.features import FEAST_WRITE_POOL
+    from mlops_assets.pipeline import build_assets
+    from mlops_assets.promotion import build_rollback_job
+
+    spec = load_spec()
+    pools = {a.key.path[-1]: a.op.pool for a in build_assets(spec) if hasattr(a, "op")}
+    assert FEAST_WRITE_POOL == FEAST_POOL
+    assert pools["features"] == FEAST_POOL
+    assert pools["model_promotion"] == CHAMPION_POOL
+    assert {node.definition.pool for node in build_rollback_job(spec).nodes} == {CHAMPION_POOL}
 
 
 def test_the_instance_yaml_is_upgraded_only_when_the_suite_wrote_it(tmp_path):

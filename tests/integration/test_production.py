@@ -64,9 +64,11 @@ def test_asset_values_and_drift_reports_live_in_s3(production):
     bucket = os.environ["MLOPS_S3_BUCKET"]
     spec = production["spec"]
     day = production["summary"]["runs"][-1]["partition"]
-    for asset in ("raw_data", "validated_data", "training_set", "candidate_model"):
+    for asset in ("raw_data", "validated_data", "training_set"):
         prefix = f"dagster/{spec.name}/{asset}/"  # the IO manager's path: the asset key's
-        assert f"{prefix}{day}" in s3_keys(bucket, prefix)
+        assert f"{prefix}{day}.parquet" in s3_keys(bucket, prefix)  # tables as Parquet
+    prefix = f"dagster/{spec.name}/candidate_model/"
+    assert f"{prefix}{day}.json" in s3_keys(bucket, prefix)  # a plain dict as JSON
     assert not (production["home"] / "storage").exists()
 
     report_key = f"reports/drift_report/{spec.name}/{day}.html"
@@ -154,7 +156,8 @@ def test_bad_partition_is_stopped_by_the_blocking_check(production, bad_partitio
         key = asset_key(production["spec"], downstream)
         assert day not in instance.get_materialized_partitions(key)
         prefix = f"dagster/{production['spec'].name}/{downstream}/"
-        assert f"{prefix}{day}" not in s3_keys(os.environ["MLOPS_S3_BUCKET"], prefix)
+        stored = s3_keys(os.environ["MLOPS_S3_BUCKET"], prefix)
+        assert not [key for key in stored if key.startswith(f"{prefix}{day}")]
 
 
 def test_credentials_never_reach_logs_metadata_or_mlflow(production, bad_partition):
