@@ -1,5 +1,6 @@
-"""Feature stage: Feast entity and feature view from the spec, online materialization, and the
-point-in-time correct training_set."""
+"""Feature stage: Feast entity and feature view from the spec, the day's rows in the offline
+store (`features`), the online store write when the spec asks for it (`online_features`, off
+the path of batch_predictions and drift_report), and the point-in-time correct training_set."""
 
 from datetime import date, timedelta
 from typing import Any
@@ -19,7 +20,6 @@ from dagster import (
 from mlops_assets.data import (
     content_hash,
     daily_partitions,
-    day_bounds,
     newest_arrived_day,
     partition_day,
     table_schema,
@@ -49,12 +49,15 @@ def feature_refs(spec: PipelineSpec) -> list[str]:
 def feast_definitions(spec: PipelineSpec, feast: FeastResource) -> list[Any]:
     """Entity and feature view derived from the spec, reading the offline Parquet folder."""
     from feast import Entity, FeatureView, Field, FileSource, ValueType
+    from feast.data_format import ParquetFormat
     from feast.types import Float64, String
 
     entity = Entity(name=spec.entity_key, join_keys=[spec.entity_key], value_type=ValueType.STRING)
     source = FileSource(
         name=f"{spec.name}_source",
         path=str(offline_folder(spec, feast)),
+        # Stated, not inferred from the path (a folder): the DuckDB offline store needs it.
+        file_format=ParquetFormat(),
         timestamp_field=spec.timestamp,
     )
     view = FeatureView(
@@ -102,7 +105,7 @@ def build_features(spec: PipelineSpec) -> AssetsDefinition:
         partitions_def=daily_partitions(spec),
         group_name=spec.name,
         description="Feast feature view for the spec's features: the day's rows in the offline "
-        "store and materialized to the online store.",
+        "store (the online store is written by online_features, when the spec asks for it).",
         kinds={"feast"},
         pool=FEAST_WRITE_POOL,
     )
@@ -112,27 +115,70 @@ def build_features(spec: PipelineSpec) -> AssetsDefinition:
         day = partition_day(context.partition_key)
         path = write_offline_partition(spec, feast, day, validated_data)
         feast.apply(feast_definitions(spec, feast))
-        start, end = day_bounds(day)
-        recovered = feast.materialize(start, end, [feature_view_name(spec)])
-        if recovered:
-            context.log.warning(
-                f"feature view(s) {recovered} were left in MATERIALIZING by a process that died; "
-                "put back to a servable state before materializing"
-            )
-        context.log.info(f"materialized {len(validated_data)} rows of {day} to the online store")
+        context.log.info(f"wrote {len(validated_data)} rows of {day} to the offline store")
         return Output(
             None,
             data_version=DataVersion(content_hash(validated_data)),
             metadata={
                 "feature_view": feature_view_name(spec),
                 "features": MetadataValue.json(spec.feature_names),
-                "rows_materialized": len(validated_data),
+                "rows_written": len(validated_data),
                 "offline_file": MetadataValue.path(str(path)),
                 "entities": int(validated_data[spec.entity_key].nunique()),
             },
         )
 
     return features
+
+
+def build_online_features(spec: PipelineSpec) -> AssetsDefinition:
+    """The day's newest row per entity written to the Feast online store (what the online
+    endpoint reads). Only built when the spec sets `online_features: true`; it depends on
+    `features` alone, so batch_predictions and drift_report never wait for it, and within a
+    run it is the last step to start among those ready (priority -1)."""
+
+    @asset(
+        name="online_features",
+        key_prefix=spec.name,
+        partitions_def=daily_partitions(spec),
+        group_name=spec.name,
+        deps=[asset_key(spec, "features")],
+        description="The day's newest feature values per entity in the Feast online store, "
+        "written from the offline file with Feast's write_to_online_store in batches.",
+        kinds={"feast"},
+        op_tags={"dagster/priority": "-1"},
+    )
+    def online_features(context: AssetExecutionContext, feast: FeastResource) -> Output[None]:
+        import time
+
+        import pandas as pd
+
+        day = partition_day(context.partition_key)
+        path = offline_folder(spec, feast) / f"{day.isoformat()}.parquet"
+        if not path.is_file():
+            raise Failure(f"online_features {day}: {path} is missing; materialize features first")
+        columns = [spec.entity_key, spec.timestamp, *spec.feature_names]
+        day_rows = pd.read_parquet(path, columns=columns)
+        started = time.perf_counter()
+        written = feast.write_online(feature_view_name(spec), day_rows, [spec.entity_key])
+        seconds = time.perf_counter() - started
+        context.log.info(
+            f"wrote the newest row of {written} entities ({len(day_rows)} rows) of {day} to the "
+            f"online store in {seconds:.1f} s"
+        )
+        return Output(
+            None,
+            metadata={
+                "feature_view": feature_view_name(spec),
+                "rows_in_day": len(day_rows),
+                "entities_written": written,
+                "online_store": str(feast.online_store_config().get("type", "sqlite")),
+                "write_seconds": round(seconds, 3),
+                "rows_per_second": round(written / seconds) if seconds > 0 else 0,
+            },
+        )
+
+    return online_features
 
 
 def flagged_days(

@@ -14,7 +14,7 @@ from mlops_assets.automation import (
 )
 from mlops_assets.code_versions import with_code_versions
 from mlops_assets.data import build_raw_data
-from mlops_assets.features import build_features, build_training_set
+from mlops_assets.features import build_features, build_online_features, build_training_set
 from mlops_assets.inference import build_batch_predictions
 from mlops_assets.keys import (
     DAILY_JOB,
@@ -49,6 +49,8 @@ ASSET_NAMES = (
     "model_performance",
 )
 INGEST_ASSETS = ["raw_data", "validated_data", "features"]
+# With `online_features: true`, the jobs that ingest a day also write it to the online store.
+ONLINE_ASSETS = {False: [], True: ["online_features"]}
 # What the label_feedback job scores; with serving.monitor_online, the day's online traffic too.
 FEEDBACK_ASSETS = {False: ["model_performance"], True: ["online_predictions", "model_performance"]}
 TRAINING_ASSETS = ["training_set", "candidate_model", "model_promotion"]
@@ -62,6 +64,7 @@ def build_assets(spec: PipelineSpec) -> list[Any]:
             build_raw_data(spec),
             build_validated_data(spec),
             build_features(spec),
+            *([build_online_features(spec)] if spec.online_features else []),
             build_training_set(spec),
             build_candidate_model(spec),
             build_model_promotion(spec),
@@ -90,18 +93,19 @@ def build_jobs(spec: PipelineSpec) -> dict[str, Any]:
     carries the tag PIPELINE_TAG=<pipeline>: the run queue of the instance's dagster.yaml
     starts one run per pipeline at a time (mlops_resources/instance.py)."""
     tags = {PIPELINE_TAG: spec.name}
+    online = ONLINE_ASSETS[spec.online_features]
     jobs = {
         INGEST_JOB: define_asset_job(
             scoped_name(spec, INGEST_JOB),
             tags=tags,
-            selection=selection(spec, *INGEST_ASSETS),
+            selection=selection(spec, *INGEST_ASSETS, *online),
             description="Ingest one day: read, validate (blocking GX checks) and load features "
-            "into Feast.",
+            "into Feast (and its online store when the spec asks for online features).",
         ),
         DAILY_JOB: define_asset_job(
             scoped_name(spec, DAILY_JOB),
             tags=tags,
-            selection=selection(spec, *INGEST_ASSETS, "batch_predictions", "drift_report"),
+            selection=selection(spec, *INGEST_ASSETS, "batch_predictions", "drift_report", *online),
             description="A new day: ingest, score with the champion (and shadow-score a "
             "challenger), report drift.",
         ),
@@ -120,7 +124,9 @@ def build_jobs(spec: PipelineSpec) -> dict[str, Any]:
         LIFECYCLE_JOB: define_asset_job(
             scoped_name(spec, LIFECYCLE_JOB),
             tags=tags,
-            selection=selection(spec, *(a for a in ASSET_NAMES if a != "model_performance")),
+            selection=selection(
+                spec, *(a for a in ASSET_NAMES if a != "model_performance"), *online
+            ),
             description="The whole lifecycle for one day: ingest, validate, features, train, "
             "gate, predict, drift.",
         ),

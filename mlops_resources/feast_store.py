@@ -87,7 +87,8 @@ def atomic_file_registry_store() -> type:
 class FeastResource(ConfigurableResource):
     """A Feast FeatureStore built from these fields (no feature_store.yaml needed).
 
-    Defaults: a file registry, the file offline store and a sqlite online store under
+    Defaults: a file registry, Feast's DuckDB offline store (point-in-time joins 2-3x faster
+    than the file/dask store, docs/performance.md) and a sqlite online store under
     $MLOPS_HOME/feast. For Redis, set online_store to {type: redis, connection_string:
     "host:port"} and online_store_password to an EnvVar, so the password stays out of config.
     """
@@ -103,12 +104,19 @@ class FeastResource(ConfigurableResource):
         description="Feast online_store config; default {type: sqlite, path: <repo>/online.db}.",
     )
     offline_store: dict[str, Any] = Field(
-        default_factory=lambda: {"type": "file"}, description="Feast offline_store config."
+        default_factory=lambda: {"type": "duckdb"},
+        description="Feast offline_store config; {type: file} is Feast's dask store.",
     )
     online_store_password: str = Field(
         default="",
         description="Password added to a redis online store's connection_string (pass an "
         "EnvVar: it is never written to config or logs).",
+    )
+    online_write_batch_rows: int = Field(
+        default=100_000,
+        ge=1,
+        description="Rows per write_to_online_store call when a day is written to the online "
+        "store (bounds the memory of Feast's row conversion).",
     )
     registry_lock_timeout_seconds: float = Field(
         default=3600.0,
@@ -235,18 +243,28 @@ class FeastResource(ConfigurableResource):
     def historical_features(self, entity_df: pd.DataFrame, features: list[str]) -> pd.DataFrame:
         """Point-in-time correct join of `features` onto entity rows (key + event_timestamp).
 
-        Every entity key needs feature rows in the offline store. Once a source holds several
-        files, Feast's file offline store (dask) fails to sort a join in which some key has
-        none; that raises MissingFeatureRows naming the source, the key column and the keys.
+        Every entity key needs feature rows in the offline store, or MissingFeatureRows names
+        the source, the key column and the keys: Feast's file (dask) store fails to sort such a
+        join once a source holds several files, and its DuckDB store returns nulls for them;
+        both become the same error. Timestamps come back as the entity rows gave them.
         """
         job = self.store().get_historical_features(entity_df=entity_df, features=features)
         try:
-            return job.to_df()
+            df = job.to_df()
         except NotImplementedError as exc:  # dask: "Divisions calculation failed ..."
             missing = self.missing_feature_rows(entity_df, features)
             if missing is None:
                 raise
             raise missing from exc
+        names = [ref.split(":")[1] for ref in features]
+        if len(df) and df[names].isna().all(axis=1).any():
+            missing = self.missing_feature_rows(entity_df, features)
+            if missing is not None:
+                raise missing
+        for column, dtype in entity_df.dtypes.items():
+            if column in df and df[column].dtype != dtype and str(dtype).startswith("datetime"):
+                df[column] = df[column].astype(dtype)
+        return df
 
     def missing_feature_rows(
         self, entity_df: pd.DataFrame, features: list[str]
@@ -271,6 +289,22 @@ class FeastResource(ConfigurableResource):
                     f"features of their days first (the `features` asset)."
                 )
         return None
+
+    def write_online(self, feature_view: str, df: pd.DataFrame, entity_keys: list[str]) -> int:
+        """Write the newest row of each entity in `df` to the online store, in batches of
+        `online_write_batch_rows`, with Feast's public `write_to_online_store` (the fastest
+        public path measured, docs/performance.md; `materialize` re-reads the offline store
+        first). The newest row per entity is what a materialization of the same rows keeps.
+        Returns the rows written. The registry is read, not written: no lock is taken."""
+        view = self.store().get_feature_view(feature_view)
+        timestamp = view.batch_source.timestamp_field
+        columns = [*entity_keys, timestamp, *(f.name for f in view.features)]
+        latest = df[columns].sort_values(timestamp, kind="stable")
+        latest = latest.drop_duplicates(entity_keys, keep="last")
+        step = self.online_write_batch_rows
+        for start in range(0, len(latest), step):
+            self.store().write_to_online_store(feature_view, df=latest.iloc[start : start + step])
+        return len(latest)
 
     def online_features(
         self, entity_rows: list[dict[str, Any]], features: list[str]

@@ -65,6 +65,7 @@ CODE_BY_ASSET: dict[str, tuple[str, ...]] = {
         "mlops_resources.validation",
     ),
     "features": _FEATURES,
+    "online_features": _FEATURES,
     "training_set": _FEATURES,
     "candidate_model": _TRAINING,
     "model_promotion": (
@@ -106,6 +107,7 @@ SPEC_KEYS_BY_ASSET: dict[str, tuple[str, ...]] = {
         "expectations",
     ),
     "features": ("entity_key", "timestamp", "label", "features", "feature_ttl_days"),
+    "online_features": ("entity_key", "timestamp", "features", "online_features"),
     "training_set": (
         "entity_key",
         "timestamp",
