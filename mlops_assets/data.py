@@ -19,6 +19,7 @@ from dagster import (
 )
 
 from mlops_assets.frames import Frame
+from mlops_assets.memory_bound import require_fits
 from mlops_assets.ml.dataset import content_hash as content_hash  # the DataVersion
 from mlops_assets.spec import PipelineSpec
 from mlops_resources.storage import mlops_home
@@ -146,6 +147,15 @@ def build_raw_data(spec: PipelineSpec) -> AssetsDefinition:
     def raw_data(context: AssetExecutionContext) -> Output[Frame]:
         day = partition_day(context.partition_key)
         try:
+            require_fits(
+                "the day's source files",
+                context.partition_key,
+                source_files(spec, day),
+                csv_options={
+                    "sep": spec.source.csv_delimiter,
+                    "encoding": spec.source.csv_encoding,
+                },
+            )
             df, files = read_partition(spec, day)
         except SourceError as exc:
             raise Failure(str(exc)) from exc

@@ -26,6 +26,7 @@ from mlops_assets.data import (
 )
 from mlops_assets.frames import Frame
 from mlops_assets.keys import CHANGE_DAY_TAG, asset_ins, asset_key
+from mlops_assets.memory_bound import require_fits
 from mlops_assets.ml.dataset import SPLIT_COLUMN, WEIGHT_COLUMN
 from mlops_assets.ml.windows import (
     choose_window,
@@ -252,6 +253,11 @@ def build_training_set(spec: PipelineSpec) -> AssetsDefinition:
                 "Materialize `features` for earlier days first."
             )
         window = choose_window(spec, cutoff, rows_by_day, change_day(context, spec, candidates))
+        require_fits(
+            f"the training window's offline files ({window.days[0]}..{window.days[-1]})",
+            context.partition_key,
+            [files[d] for d in window.days],
+        )
         import pandas as pd
 
         labels = pd.concat(
