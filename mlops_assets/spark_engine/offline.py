@@ -1,0 +1,136 @@
+"""features and training_set with Spark: Feast's Spark offline store.
+
+The day's feature rows (with the label) are written by Spark as one `day=YYYY-MM-DD`
+partition of a Parquet table under Feast's offline folder, replacing that day only (dynamic
+partition overwrite), so a re-run replaces its day as the pandas engine's per-day file does.
+The feature view reads the table through a SparkSource, and the point-in-time joins of
+training_set and batch_predictions are Feast's own (`get_historical_features` of the Spark
+offline store, whose SQL runs on the cluster and whose result stays a Spark DataFrame).
+
+The Spark offline store reads only SparkSources and the file offline store only FileSources,
+so a spark pipeline's Feast calls go through a copy of the project's FeastResource whose
+offline store is `spark` (same project, registry and online store): `spark_feast`.
+"""
+
+from __future__ import annotations
+
+from datetime import date, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mlops_assets.spec import PipelineSpec
+from mlops_resources.feast_store import FeastResource
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
+DAY_COLUMN = "day"  # the table's partition column (YYYY-MM-DD)
+
+
+def spark_feast(feast: FeastResource) -> FeastResource:
+    """`feast` with Feast's Spark offline store (it uses the active SparkSession)."""
+    return FeastResource(
+        project=feast.project,
+        repo_path=feast.repo_path,
+        registry_path=feast.registry_path,
+        online_store=dict(feast.online_store),
+        offline_store={"type": "spark"},
+        online_store_password=feast.online_store_password,
+        registry_lock_timeout_seconds=feast.registry_lock_timeout_seconds,
+    )
+
+
+def offline_table(spec: PipelineSpec, feast: FeastResource) -> Path:
+    """The pipeline's offline Parquet table (partitioned by DAY_COLUMN)."""
+    return feast.offline_data_dir / f"{spec.name}_spark"
+
+
+def feast_definitions(spec: PipelineSpec, feast: FeastResource) -> list[Any]:
+    """Entity and feature view of the spec (as mlops_assets.features builds them), the view
+    reading the Spark table; the day partitions prune Feast's point-in-time reads."""
+    from feast import Entity, FeatureView, Field, ValueType
+    from feast.infra.offline_stores.contrib.spark_offline_store.spark_source import SparkSource
+    from feast.types import Float64, String
+
+    from mlops_assets.features import feature_view_name
+
+    entity = Entity(name=spec.entity_key, join_keys=[spec.entity_key], value_type=ValueType.STRING)
+    source = SparkSource(
+        name=f"{spec.name}_spark_source",
+        path=str(offline_table(spec, feast)),
+        file_format="parquet",
+        timestamp_field=spec.timestamp,
+        date_partition_column=DAY_COLUMN,
+        date_partition_column_format="%Y-%m-%d",
+    )
+    view = FeatureView(
+        name=feature_view_name(spec),
+        entities=[entity],
+        ttl=timedelta(days=spec.feature_ttl_days),
+        schema=[
+            Field(name=f.name, dtype=Float64 if f.type == "numeric" else String)
+            for f in spec.features
+        ],
+        source=source,
+        online=True,
+        description=spec.description,
+    )
+    return [entity, view]
+
+
+def write_offline_partition(
+    df: DataFrame, spec: PipelineSpec, feast: FeastResource, day: date
+) -> Path:
+    """Write the day's keys, features and label as the table's `day` partition (replaced)."""
+    from pyspark.sql import functions as F
+
+    columns = [spec.entity_key, spec.timestamp, *spec.feature_names, spec.label]
+    table = offline_table(spec, feast)
+    (
+        df.select(*columns)
+        .withColumn(DAY_COLUMN, F.lit(day.isoformat()))
+        .write.mode("overwrite")
+        .option("partitionOverwriteMode", "dynamic")
+        .partitionBy(DAY_COLUMN)
+        .parquet(str(table))
+    )
+    return table
+
+
+def written_days(session: SparkSession, spec: PipelineSpec, feast: FeastResource) -> set[date]:
+    """The days the offline table holds (from its partition folders, no data read)."""
+    table = offline_table(spec, feast)
+    prefix = f"{DAY_COLUMN}="
+    if not table.exists():
+        return set()
+    return {
+        date.fromisoformat(p.name.removeprefix(prefix))
+        for p in table.iterdir()
+        if p.is_dir() and p.name.startswith(prefix)
+    }
+
+
+def label_rows(
+    session: SparkSession, spec: PipelineSpec, feast: FeastResource, days: list[date]
+) -> DataFrame:
+    """Keys, timestamps and labels of `days` from the offline table (Spark, not collected)."""
+    from pyspark.sql import functions as F
+
+    table = session.read.parquet(str(offline_table(spec, feast)))
+    wanted = [d.isoformat() for d in days]
+    return table.where(F.col(DAY_COLUMN).isin(wanted)).select(
+        spec.entity_key, spec.timestamp, spec.label
+    )
+
+
+def historical_features(feast: FeastResource, entity_df: DataFrame, spec: PipelineSpec) -> Any:
+    """Feast's point-in-time join of the spec's features onto `entity_df` (keys, event
+    timestamp, any other columns), by the Spark offline store: a Spark DataFrame."""
+    from mlops_assets.features import feature_refs
+
+    job = (
+        spark_feast(feast)
+        .store()
+        .get_historical_features(entity_df=entity_df, features=feature_refs(spec))
+    )
+    return job.to_spark_df()
