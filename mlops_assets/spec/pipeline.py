@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -40,6 +41,13 @@ class PipelineSpec(StrictModel):
         description="Write each ingested day's newest feature values per entity to the Feast "
         "online store (the online_features asset, which the online endpoint reads); off the "
         "path of batch_predictions and drift_report. Off: no online writes.",
+    )
+    engine: Literal["pandas", "spark"] = Field(
+        default="pandas",
+        description="Data plane engine. pandas: each step holds its partition in one process "
+        "(embedded default). spark: read, validate, features, point-in-time joins, scoring and "
+        "the drift sample run as Spark DataFrames on the `spark` resource (SparkResource, "
+        "local[2] by default; pyspark and Java 17 needed; docs/deployment.md).",
     )
     model: ModelSpec = Field(default_factory=ModelSpec)
     gate: GateSpec = Field(default_factory=GateSpec)
