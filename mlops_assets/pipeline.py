@@ -29,6 +29,7 @@ from mlops_assets.monitoring import build_drift_report, build_model_performance
 from mlops_assets.online import build_online_predictions
 from mlops_assets.promotion import build_model_promotion, build_rollback_job
 from mlops_assets.registry_commands import build_retirement_job
+from mlops_assets.spark_engine.wiring import engine_assets
 from mlops_assets.spec import PipelineSpec
 from mlops_assets.training import build_candidate_model
 from mlops_assets.validation import build_validated_data
@@ -57,22 +58,26 @@ TRAINING_ASSETS = ["training_set", "candidate_model", "model_promotion"]
 
 
 def build_assets(spec: PipelineSpec) -> list[Any]:
-    """Every lifecycle asset for the spec, in graph order, each with its code version."""
+    """Every lifecycle asset for the spec, in graph order, each with its code version; with
+    `engine: spark`, the data plane's assets are the Spark builds (mlops_assets/spark_engine)."""
     return with_code_versions(
         spec,
-        [
-            build_raw_data(spec),
-            build_validated_data(spec),
-            build_features(spec),
-            *([build_online_features(spec)] if spec.online_features else []),
-            build_training_set(spec),
-            build_candidate_model(spec),
-            build_model_promotion(spec),
-            build_batch_predictions(spec),
-            build_drift_report(spec),
-            build_model_performance(spec),
-            *([build_online_predictions(spec)] if spec.serving.monitor_online else []),
-        ],
+        engine_assets(
+            spec,
+            [
+                build_raw_data(spec),
+                build_validated_data(spec),
+                build_features(spec),
+                *([build_online_features(spec)] if spec.online_features else []),
+                build_training_set(spec),
+                build_candidate_model(spec),
+                build_model_promotion(spec),
+                build_batch_predictions(spec),
+                build_drift_report(spec),
+                build_model_performance(spec),
+                *([build_online_predictions(spec)] if spec.serving.monitor_online else []),
+            ],
+        ),
     )
 
 

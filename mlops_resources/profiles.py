@@ -20,6 +20,7 @@ from dagster import EnvVar
 from mlops_resources.drift_detection import EvidentlyResource
 from mlops_resources.feast_store import FeastResource
 from mlops_resources.mlflow_tracking import MLflowResource
+from mlops_resources.spark import spark_resources
 from mlops_resources.storage import ReportStoreResource, asset_io_manager
 from mlops_resources.torch_executor import TorchExecutorResource
 from mlops_resources.validation import GreatExpectationsResource
@@ -71,6 +72,7 @@ def profile_resources(profile: str | None = None) -> dict[str, Any]:
         "gx": GreatExpectationsResource(),
         "torch_executor": TorchExecutorResource(),
         "evidently": EvidentlyResource(),
+        **spark_resources(),  # engine: spark (pyspark is imported only when it runs)
     }
 
 

@@ -22,12 +22,24 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from dagster import ConfigurableResource, InitResourceContext
+from dagster import (
+    ConfigurableIOManager,
+    ConfigurableResource,
+    InitResourceContext,
+    InputContext,
+    MetadataValue,
+    OutputContext,
+)
 from pydantic import Field, PrivateAttr
+
+from mlops_resources.storage import mlops_home
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
+# Resource keys: the SparkResource and the IO manager of the spark engine's asset values.
+SPARK_RESOURCE = "spark"
+SPARK_IO_MANAGER = "spark_io_manager"
 LOOPBACK = "127.0.0.1"
 # Ports the local driver may listen on: below the usual ephemeral range (32768-60999), so they
 # never collide with the outgoing connections the OS hands out.
@@ -44,6 +56,8 @@ DEFAULT_CONF: dict[str, str] = {
     # pandas writes Parquet timestamps in nanoseconds, which Spark refuses to read as timestamps;
     # read them as epoch nanoseconds (the spark engine turns them into timestamps, as pandas does)
     "spark.sql.legacy.parquet.nanosAsLong": "true",
+    # what Spark writes, pandas reads as UTC timestamps (INT96 would read as naive times)
+    "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
 }
 
 
@@ -95,6 +109,12 @@ class SparkResource(ConfigurableResource):
         default="",
         description="Where the spark engine writes its tables (a folder, s3a://bucket/prefix, "
         "...); default $MLOPS_HOME/spark. Must be reachable by every executor.",
+    )
+
+    stop_after_step: bool = Field(
+        default=True,
+        description="Stop the session when the step ends (each step process starts its own). "
+        "False keeps one session for every step of an in-process run (tests, notebooks).",
     )
 
     _session: Any = PrivateAttr(default=None)
@@ -157,4 +177,44 @@ class SparkResource(ConfigurableResource):
             self.stop()
 
     def teardown_after_execution(self, context: InitResourceContext) -> None:
-        self.stop()
+        if self.stop_after_step:
+            self.stop()
+
+
+class SparkTableIOManager(ConfigurableIOManager):
+    """Asset values of the spark engine as Parquet tables written by Spark: one folder per
+    asset partition under `<warehouse>/<asset key>/<partition>`, written by the executors
+    (nothing is collected to the driver). A Spark consumer gets a lazy Spark DataFrame of the
+    folder; a pandas consumer (an asset whose input is a pandas DataFrame, e.g.
+    model_performance) reads the folder with pandas."""
+
+    spark: SparkResource
+
+    def path(self, context: OutputContext | InputContext) -> str:
+        """Where the value of `context`'s asset partition lives."""
+        key = (context.upstream_output if isinstance(context, InputContext) else context).asset_key
+        base = self.spark.warehouse_uri or str(mlops_home() / "spark")
+        partition = context.asset_partition_key if context.has_asset_partitions else "all"
+        return "/".join([base.rstrip("/"), *key.path, partition])
+
+    def handle_output(self, context: OutputContext, obj: Any) -> None:
+        if obj is None:
+            return
+        path = self.path(context)
+        obj.write.mode("overwrite").parquet(path)
+        context.add_output_metadata({"table": MetadataValue.path(path)})
+
+    def load_input(self, context: InputContext) -> Any:
+        path = self.path(context)
+        if context.dagster_type.display_name == "DataFrame":  # a pandas consumer (Frame)
+            import pandas as pd
+
+            return pd.read_parquet(path)
+        return self.spark.session().read.parquet(path)
+
+
+def spark_resources() -> dict[str, Any]:
+    """The spark engine's resources with their defaults (local[2]), keyed as its assets expect
+    them. Nothing starts until a spark asset runs, so every profile carries them."""
+    spark = SparkResource()
+    return {SPARK_RESOURCE: spark, SPARK_IO_MANAGER: SparkTableIOManager(spark=spark)}

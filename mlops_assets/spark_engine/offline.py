@@ -134,3 +134,22 @@ def historical_features(feast: FeastResource, entity_df: DataFrame, spec: Pipeli
         .get_historical_features(entity_df=entity_df, features=feature_refs(spec))
     )
     return job.to_spark_df()
+
+
+def rows_by_day(
+    session: SparkSession, spec: PipelineSpec, feast: FeastResource, days: list[date]
+) -> dict[date, int]:
+    """Rows of each of `days` that the offline table holds (days it lacks are left out)."""
+    from pyspark.sql import functions as F
+
+    present = sorted(written_days(session, spec, feast) & set(days))
+    if not present:
+        return {}
+    table = session.read.parquet(str(offline_table(spec, feast)))
+    counts = (
+        table.where(F.col(DAY_COLUMN).isin([d.isoformat() for d in present]))
+        .groupBy(DAY_COLUMN)
+        .count()
+        .collect()
+    )
+    return {date.fromisoformat(str(r[0])): int(r[1]) for r in counts}

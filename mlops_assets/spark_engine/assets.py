@@ -1,0 +1,197 @@
+"""The spark engine's data assets: raw_data, validated_data and features as Spark DataFrames.
+
+Same keys, partitions, checks and metadata names as the pandas assets; their values are Spark
+DataFrames stored by the `spark_io_manager` (SparkTableIOManager: Parquet tables written by
+the executors). pandas assets downstream (model_performance) read those tables as pandas.
+"""
+
+from typing import TYPE_CHECKING, Any
+
+from dagster import (
+    AssetCheckSpec,
+    AssetExecutionContext,
+    AssetsDefinition,
+    DagsterType,
+    DataVersion,
+    Failure,
+    MetadataValue,
+    Output,
+    TableColumn,
+    TableSchema,
+    TypeCheck,
+    TypeCheckContext,
+    asset,
+)
+
+from mlops_assets.data import SourceError, daily_partitions, partition_day, source_files
+from mlops_assets.features import FEAST_WRITE_POOL, feature_view_name
+from mlops_assets.keys import asset_ins, asset_key
+from mlops_assets.spark_engine import offline, reading
+from mlops_assets.spark_engine import validation as spark_validation
+from mlops_assets.spec import PipelineSpec
+from mlops_assets.validation import GX_CHECK, check_result
+from mlops_resources.feast_store import FeastResource
+from mlops_resources.spark import SPARK_IO_MANAGER, SparkResource
+from mlops_resources.validation import ExpectationConfig, GreatExpectationsResource
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame
+
+
+def is_spark_frame(_: TypeCheckContext, value: Any) -> TypeCheck:
+    from pyspark.sql import DataFrame
+
+    if isinstance(value, DataFrame):
+        return TypeCheck(success=True)
+    return TypeCheck(success=False, description=f"expected a Spark DataFrame, got {type(value)}")
+
+
+SparkFrame = DagsterType(
+    name="SparkDataFrame", type_check_fn=is_spark_frame, description="A Spark DataFrame."
+)
+
+
+def table_facts(df: "DataFrame") -> tuple[int, str]:
+    """(rows, content hash) of a Spark DataFrame in one pass on the executors: the hash is the
+    sum of every row's 64-bit hash, so it does not depend on row order or partitioning."""
+    from pyspark.sql import functions as F
+
+    row = df.agg(F.count(F.lit(1)).alias("rows"), F.sum(F.xxhash64(*df.columns)).alias("h")).first()
+    return int(row["rows"]), f"{(row['h'] or 0) & 0xFFFFFFFFFFFFFFFF:016x}"
+
+
+def spark_schema(df: "DataFrame") -> TableSchema:
+    return TableSchema(columns=[TableColumn(name=n, type=t) for n, t in df.dtypes])
+
+
+def build_spark_raw_data(spec: PipelineSpec) -> AssetsDefinition:
+    @asset(
+        name="raw_data",
+        key_prefix=spec.name,
+        partitions_def=daily_partitions(spec),
+        group_name=spec.name,
+        description=f"Rows of {spec.name} read by Spark from {spec.source.path}, one UTC day a "
+        "partition (engine: spark).",
+        kinds={"spark", "parquet" if spec.source.path.endswith("parquet") else "csv"},
+        io_manager_key=SPARK_IO_MANAGER,
+        dagster_type=SparkFrame,
+    )
+    def raw_data(context: AssetExecutionContext, spark: SparkResource) -> Output[Any]:
+        day = partition_day(context.partition_key)
+        try:
+            df, files = reading.read_partition(spark.session(), spec, day)
+        except SourceError as exc:
+            raise Failure(str(exc)) from exc
+        rows, version = table_facts(df)
+        context.log.info(f"Spark read {rows} rows for {day} from {len(files)} file(s)")
+        return Output(
+            df,
+            data_version=DataVersion(version),
+            metadata={
+                "dagster/row_count": rows,
+                "dagster/column_schema": spark_schema(df),
+                "content_hash": version,
+                "source_files": MetadataValue.json([str(f) for f in files]),
+                "engine": "spark",
+            },
+        )
+
+    return raw_data
+
+
+def build_spark_validated_data(spec: PipelineSpec) -> AssetsDefinition:
+    @asset(
+        name="validated_data",
+        key_prefix=spec.name,
+        ins=asset_ins(spec, "raw_data"),
+        partitions_def=daily_partitions(spec),
+        group_name=spec.name,
+        description="raw_data with the spec's types applied by Spark; the GX suite, run on the "
+        "Spark DataFrame, gates everything downstream (blocking check).",
+        check_specs=[
+            AssetCheckSpec(
+                GX_CHECK,
+                asset=asset_key(spec, "validated_data"),
+                blocking=True,
+                description="Great Expectations suite built from the pipeline spec (on Spark).",
+            )
+        ],
+        kinds={"spark", "great_expectations"},
+        io_manager_key=SPARK_IO_MANAGER,
+        dagster_type=SparkFrame,
+    )
+    def validated_data(
+        context: AssetExecutionContext, gx: GreatExpectationsResource, raw_data: Any
+    ):
+        day = partition_day(context.partition_key)
+        for index, extra in enumerate(spec.expectations):
+            try:
+                gx.build_expectation(ExpectationConfig(extra.type, dict(extra.kwargs)))
+            except ValueError as exc:
+                raise Failure(
+                    f"pipeline spec {spec.spec_path}: expectations.{index}: {exc}"
+                ) from exc
+        # Each expectation is a Spark job over the day: keep the typed rows cached meanwhile.
+        df = spark_validation.standardize(raw_data, spec).cache()
+        outcome = spark_validation.validate(gx, df, spec, day)
+        rows, version = table_facts(df)
+        yield Output(
+            df,
+            data_version=DataVersion(version),
+            metadata={
+                "dagster/row_count": rows,
+                "dagster/column_schema": spark_schema(df),
+                "content_hash": version,
+                "valid": outcome.success,
+                "engine": "spark",
+            },
+        )
+        files = ", ".join(str(f) for f in source_files(spec, day))
+        result = check_result(outcome, source=f"{files} [{day}]")
+        if not outcome.success:
+            context.log.error(f"validation failed for {day}: {result.description}")
+        yield result
+
+    return validated_data
+
+
+def build_spark_features(spec: PipelineSpec) -> AssetsDefinition:
+    @asset(
+        name="features",
+        key_prefix=spec.name,
+        ins=asset_ins(spec, "validated_data"),
+        partitions_def=daily_partitions(spec),
+        group_name=spec.name,
+        description="Feast feature view for the spec's features: the day's rows written by "
+        "Spark as a partition of the offline table that Feast's Spark offline store reads.",
+        kinds={"feast", "spark"},
+        pool=FEAST_WRITE_POOL,
+    )
+    def features(
+        context: AssetExecutionContext, feast: FeastResource, validated_data: Any
+    ) -> Output[None]:
+        from pyspark.sql import functions as F
+
+        day = partition_day(context.partition_key)
+        table = offline.write_offline_partition(validated_data, spec, feast, day)
+        offline.spark_feast(feast).apply(offline.feast_definitions(spec, feast))
+        facts = validated_data.agg(
+            F.count(F.lit(1)).alias("rows"),
+            F.countDistinct(spec.entity_key).alias("entities"),
+            F.sum(F.xxhash64(*validated_data.columns)).alias("h"),
+        ).first()
+        context.log.info(f"Spark wrote {facts['rows']} rows of {day} to the offline table")
+        return Output(
+            None,
+            data_version=DataVersion(f"{(facts['h'] or 0) & 0xFFFFFFFFFFFFFFFF:016x}"),
+            metadata={
+                "feature_view": feature_view_name(spec),
+                "features": MetadataValue.json(spec.feature_names),
+                "rows_written": int(facts["rows"]),
+                "offline_table": MetadataValue.path(str(table)),
+                "entities": int(facts["entities"]),
+                "engine": "spark",
+            },
+        )
+
+    return features
