@@ -20,6 +20,7 @@ import socket
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dagster import (
@@ -40,6 +41,8 @@ if TYPE_CHECKING:
 # Resource keys: the SparkResource and the IO manager of the spark engine's asset values.
 SPARK_RESOURCE = "spark"
 SPARK_IO_MANAGER = "spark_io_manager"
+# A YAML file of SparkResource fields for every code location process (docs/deployment.md).
+SPARK_CONFIG_ENV = "MLOPS_SPARK_CONFIG"
 LOOPBACK = "127.0.0.1"
 # Ports the local driver may listen on: below the usual ephemeral range (32768-60999), so they
 # never collide with the outgoing connections the OS hands out.
@@ -134,7 +137,9 @@ class SparkResource(ConfigurableResource):
                     "spark.port.maxRetries": "32",
                 }
             )
-        return {**settings, **self.conf}
+        # ${VAR} in a value is read from the environment when the session starts (e.g. the
+        # run pod's IP for spark.driver.host), so config shows the variable, not its value.
+        return {**settings, **{k: os.path.expandvars(v) for k, v in self.conf.items()}}
 
     def session(self) -> SparkSession:
         """The session, started on first call (pyspark imported then)."""
@@ -214,7 +219,29 @@ class SparkTableIOManager(ConfigurableIOManager):
 
 
 def spark_resources() -> dict[str, Any]:
-    """The spark engine's resources with their defaults (local[2]), keyed as its assets expect
-    them. Nothing starts until a spark asset runs, so every profile carries them."""
-    spark = SparkResource()
+    """The spark engine's resources, keyed as its assets expect them: local[2] by default, or
+    the SparkResource fields in the YAML file named by $MLOPS_SPARK_CONFIG (a cluster, e.g.
+    deploy/spark/kubernetes.yaml). Nothing starts until a spark asset runs, so every profile
+    carries them."""
+    spark = spark_resource_from_file(os.environ.get(SPARK_CONFIG_ENV, ""))
     return {SPARK_RESOURCE: spark, SPARK_IO_MANAGER: SparkTableIOManager(spark=spark)}
+
+
+def spark_resource_from_file(path: str) -> SparkResource:
+    """A SparkResource from a YAML file of its fields (empty path: the defaults); an unknown
+    field or a wrong type names the file."""
+    if not path:
+        return SparkResource()
+    import yaml
+    from pydantic import ValidationError
+
+    try:
+        fields = yaml.safe_load(Path(path).read_text()) or {}
+        unknown = sorted(set(fields) - set(SparkResource.model_fields) - {"_session"})
+        if unknown:
+            raise TypeError(
+                f"unknown fields {unknown} (known: {sorted(SparkResource.model_fields)})"
+            )
+        return SparkResource(**fields)
+    except (OSError, yaml.YAMLError, ValidationError, TypeError) as exc:
+        raise ValueError(f"{SPARK_CONFIG_ENV}={path}: not a SparkResource config: {exc}") from exc
