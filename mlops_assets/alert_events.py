@@ -37,6 +37,7 @@ from mlops_assets.keys import (
     RETRAIN_JOB,
     ROLLBACK_JOB,
     TRIGGER_TAG,
+    Meta,
     asset_key,
     base_name,
     scoped_name,
@@ -245,17 +246,17 @@ class AlertReader:
         return {}
 
     def drift(self, record: Any, meta: dict) -> Alert | None:
-        if not meta.get("drift_detected"):
+        if not meta.get(Meta.DRIFT_DETECTED):
             return None
-        day, version = record.partition_key, meta.get("model_version")
-        drifted = meta.get("drifted_columns") or {}
-        share, threshold = meta.get("drift_share", 0.0), meta.get("drift_share_threshold")
-        report = meta.get("drift_report_html")
+        day, version = record.partition_key, meta.get(Meta.MODEL_VERSION)
+        drifted = meta.get(Meta.DRIFTED_COLUMNS) or {}
+        share, threshold = meta.get(Meta.DRIFT_SHARE, 0.0), meta.get(Meta.DRIFT_SHARE_THRESHOLD)
+        report = meta.get(Meta.DRIFT_REPORT_HTML)
         report_links = [("Evidently report", report)] if str(report).startswith("http") else []
         details = [
             "drifted columns: "
             + (", ".join(f"{c} ({s:.3g})" for c, s in drifted.items()) or "none"),
-            f"prediction drift: {'yes' if meta.get('prediction_drift') else 'no'}"
+            f"prediction drift: {'yes' if meta.get(Meta.PREDICTION_DRIFT) else 'no'}"
             + (
                 f" (score {meta['prediction_drift_score']:.3g})"
                 if isinstance(meta.get("prediction_drift_score"), float)
@@ -279,10 +280,10 @@ class AlertReader:
         )
 
     def performance(self, record: Any, meta: dict) -> Alert | None:
-        if not meta.get("degraded"):
+        if not meta.get(Meta.DEGRADED):
             return None
-        day, version = record.partition_key, meta.get("model_version")
-        degraded = list(meta.get("degraded_metrics") or [])
+        day, version = record.partition_key, meta.get(Meta.MODEL_VERSION)
+        degraded = list(meta.get(Meta.DEGRADED_METRICS) or [])
         tolerance = self.spec.monitoring.performance.max_degradation
         details = [
             f"{m}: live {fmt(meta.get(f'live_{m}'))} vs holdout {fmt(meta.get(f'holdout_{m}'))}"
@@ -290,12 +291,12 @@ class AlertReader:
             for m in degraded
         ]
         details.append(f"labelled rows: {meta.get('labelled_rows', '?')}")
-        if meta.get("rollback_recommended"):
+        if meta.get(Meta.ROLLBACK_RECOMMENDED):
             details.append(
-                f"worse than the version it replaced (v{meta.get('replaced_version')}): a "
+                f"worse than the version it replaced (v{meta.get(Meta.REPLACED_VERSION)}): a "
                 "rollback is requested"
             )
-        champion = meta.get("champion_version")
+        champion = meta.get(Meta.CHAMPION_VERSION)
         if champion not in (None, "none", str(version)):
             details.append(f"v{champion} is the champion now")
         return self.alert(
@@ -311,18 +312,18 @@ class AlertReader:
         )
 
     def gate_verdict(self, record: Any, meta: dict) -> Alert | None:
-        day, candidate = record.partition_key, meta.get("candidate_version")
-        before, after = meta.get("champion_before"), meta.get("champion_after")
-        if meta.get("champion_moved"):
+        day, candidate = record.partition_key, meta.get(Meta.CANDIDATE_VERSION)
+        before, after = meta.get(Meta.CHAMPION_BEFORE), meta.get(Meta.CHAMPION_AFTER)
+        if meta.get(Meta.CHAMPION_MOVED):
             title = f"v{candidate} promoted to champion (was {vname(before)})"
         elif meta.get("challenger"):
             title = f"v{candidate} blessed: now the challenger beside champion {vname(after)}"
-        elif meta.get("blessed"):
+        elif meta.get(Meta.BLESSED):
             title = f"v{candidate} blessed; champion stays {vname(after)}"
         else:
             title = f"v{candidate} not promoted: champion stays {vname(after)}"
         details = [
-            f"gate: {meta.get('message', '')}",
+            f"gate: {meta.get(Meta.MESSAGE, '')}",
             f"champion before {vname(before)}, after {vname(after)}; judged for {day}",
         ]
         links = self.run_link(record.run_id) + self.links.asset(record.asset_key, day)
@@ -370,23 +371,23 @@ class AlertReader:
         out: dict[str, Any] = {}
         for entry in self.instance.all_logs(run.run_id, of_type=DagsterEventType.STEP_OUTPUT):
             out.update(meta_of(entry.dagster_event.event_specific_data.metadata))
-        if out.get("skipped"):
+        if out.get(Meta.SKIPPED):
             return self.alert(
                 "rollback",
                 run.run_id,
                 "info",
                 "rollback skipped: the champion already moved",
-                [out.get("message", "")],
+                [out.get(Meta.MESSAGE, "")],
                 self.links.run(run.run_id) + self.links.current_champion(),
                 record.timestamp,
             )
-        source, target = out.get("from_version"), out.get("to_version")
+        source, target = out.get(Meta.FROM_VERSION), out.get(Meta.TO_VERSION)
         return self.alert(
             "rollback",
             run.run_id,
             "warning",
             f"champion rolled back from v{source} to v{target}",
-            [f"reason: {out.get('reason', '?')}", f"by: {out.get('by', '?')}"],
+            [f"reason: {out.get(Meta.REASON, '?')}", f"by: {out.get(Meta.BY, '?')}"],
             self.links.run(run.run_id)
             + self.links.version(target, "MLflow champion")
             + self.links.version(source, "MLflow rolled back"),

@@ -16,7 +16,14 @@ import json
 from typing import Any
 
 from mlops_assets.governance import record_audit
-from mlops_assets.keys import INTENT_TAG, REPLACED_TAG
+from mlops_assets.keys import (
+    INTENT_TAG,
+    REPLACED_TAG,
+    RESTORED_AT_TAG,
+    RESTORED_FROM_TAG,
+    ROLLED_BACK_TO_TAG,
+    audit_tag,
+)
 from mlops_resources.mlflow_tracking import MLflowResource
 
 
@@ -53,11 +60,11 @@ def complete_audit(
         mlflow.tag_version(name, version, {REPLACED_TAG: replaced})
         return record_audit(context, mlflow, name, version, "promote", reason)
     audit = record_audit(context, mlflow, name, replaced, "rollback", reason)
-    mlflow.tag_version(name, replaced, {"mlops.rolled_back_to": version})
+    mlflow.tag_version(name, replaced, {ROLLED_BACK_TO_TAG: version})
     mlflow.tag_version(
         name,
         version,
-        {"mlops.restored_at": audit["mlops.rolled_back_at"], "mlops.restored_from": replaced},
+        {RESTORED_AT_TAG: audit[audit_tag("rollback", "at")], RESTORED_FROM_TAG: replaced},
     )
     return audit
 

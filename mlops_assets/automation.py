@@ -41,6 +41,7 @@ from mlops_assets.keys import (
     ROLLBACK_JOB,
     ROLLBACK_OP,
     TRIGGER_TAG,
+    Meta,
     asset_key,
     scoped_name,
 )
@@ -353,7 +354,7 @@ def last_promotion_partition(context: SensorEvaluationContext, spec: PipelineSpe
         asset_key(spec, "model_promotion"), limit=MAX_EVENTS_PER_TICK
     ).records
     for record in records:  # newest first
-        moved = record.asset_materialization.metadata.get("champion_moved")
+        moved = record.asset_materialization.metadata.get(Meta.CHAMPION_MOVED)
         if moved is None or moved.value is not True:
             continue
         run = context.instance.get_run_by_id(record.run_id)
@@ -370,11 +371,11 @@ def read_evidence(
     asset = record.asset_key.path[-1]  # the asset's name, without the pipeline prefix
     partition = record.partition_key
     meta = {k: v.value for k, v in record.asset_materialization.metadata.items()}
-    version = meta.get("model_version")
-    if asset == "model_performance" and meta.get("rollback_recommended"):
+    version = meta.get(Meta.MODEL_VERSION)
+    if asset == "model_performance" and meta.get(Meta.ROLLBACK_RECOMMENDED):
         reason = (
             f"model_performance {partition}: champion v{version} is worse than the version it "
-            f"replaced (v{meta.get('replaced_version')}) on labelled data it served"
+            f"replaced (v{meta.get(Meta.REPLACED_VERSION)}) on labelled data it served"
         )
         config = {"reason": reason, "from_version": str(version)}
         return (
@@ -389,19 +390,19 @@ def read_evidence(
             f"rollback requested: {reason}",
         )
     if asset == "drift_report":
-        flagged = bool(meta.get("drift_detected"))
+        flagged = bool(meta.get(Meta.DRIFT_DETECTED))
         why = (
-            f"drift_report {partition}: drift share {meta.get('drift_share', 0):.2f} "
+            f"drift_report {partition}: drift share {meta.get(Meta.DRIFT_SHARE, 0):.2f} "
             f"(threshold {spec.monitoring.drift.drift_share}) against v{version}"
         )
     else:
-        champion = meta.get("champion_version")
-        worse = meta.get("degraded_metrics")
-        flagged = bool(meta.get("degraded")) and str(champion) == str(version)
+        champion = meta.get(Meta.CHAMPION_VERSION)
+        worse = meta.get(Meta.DEGRADED_METRICS)
+        flagged = bool(meta.get(Meta.DEGRADED)) and str(champion) == str(version)
         why = f"model_performance {partition}: served v{version} " + (
             f"degraded on {worse}" if worse else "within tolerance"
         )
-        if meta.get("degraded") and not flagged:
+        if meta.get(Meta.DEGRADED) and not flagged:
             why += f", but v{champion} is the champion now"
     if not flagged:
         return None, None, f"no action: {why}"

@@ -30,6 +30,7 @@ from mlops_assets.keys import (
     LIFECYCLE_JOB,
     ROLLBACK_JOB,
     ROLLBACK_OP,
+    Meta,
     pipeline_of,
     scoped_name,
 )
@@ -70,44 +71,44 @@ def summarize_run(result: Any, day: str, job: str, seconds: float) -> dict[str, 
         key = materialization.asset_key.path[-1]
         meta = {k: v.value for k, v in materialization.metadata.items()}
         if key in ("raw_data", "validated_data", "training_set", "batch_predictions"):
-            summary[f"{key}_rows"] = meta.get("dagster/row_count")
+            summary[f"{key}_rows"] = meta.get(Meta.ROW_COUNT)
         if key == "candidate_model":
-            summary["model_version"] = meta.get("model_version")
+            summary["model_version"] = meta.get(Meta.MODEL_VERSION)
             summary["model_metrics"] = {
-                k.removeprefix("holdout_"): round(v, 4)
+                k.removeprefix(Meta.HOLDOUT_PREFIX): round(v, 4)
                 for k, v in meta.items()
-                if k.startswith("holdout_")
+                if k.startswith(Meta.HOLDOUT_PREFIX)
             }
-            summary["mlflow_run"] = meta.get("mlflow_run")
+            summary["mlflow_run"] = meta.get(Meta.MLFLOW_RUN)
         if key == "model_promotion":
             summary["gate"] = {
-                "version": meta.get("candidate_version"),
-                "blessed": meta.get("blessed"),
-                "champion_moved": meta.get("champion_moved"),
-                "champion_before": meta.get("champion_before"),
-                "champion_after": meta.get("champion_after"),
-                "why": meta.get("message"),
+                "version": meta.get(Meta.CANDIDATE_VERSION),
+                "blessed": meta.get(Meta.BLESSED),
+                "champion_moved": meta.get(Meta.CHAMPION_MOVED),
+                "champion_before": meta.get(Meta.CHAMPION_BEFORE),
+                "champion_after": meta.get(Meta.CHAMPION_AFTER),
+                "why": meta.get(Meta.MESSAGE),
             }
         if key == "drift_report":
             summary["drift"] = {
                 k: meta.get(k)
                 for k in (
-                    "drift_share",
-                    "drift_detected",
-                    "drifted_columns",
-                    "prediction_drift",
-                    "model_version",
-                    "drift_report_html",
+                    Meta.DRIFT_SHARE,
+                    Meta.DRIFT_DETECTED,
+                    Meta.DRIFTED_COLUMNS,
+                    Meta.PREDICTION_DRIFT,
+                    Meta.MODEL_VERSION,
+                    Meta.DRIFT_REPORT_HTML,
                 )
             }
         if key == "model_performance":
             summary["performance"] = {
                 "partition": day,
-                "model_version": meta.get("model_version"),
-                "degraded": meta.get("degraded"),
-                "degraded_metrics": meta.get("degraded_metrics"),
-                "rollback_recommended": meta.get("rollback_recommended"),
-                **{k: round(v, 4) for k, v in meta.items() if k.startswith("live_")},
+                "model_version": meta.get(Meta.MODEL_VERSION),
+                "degraded": meta.get(Meta.DEGRADED),
+                "degraded_metrics": meta.get(Meta.DEGRADED_METRICS),
+                "rollback_recommended": meta.get(Meta.ROLLBACK_RECOMMENDED),
+                **{k: round(v, 4) for k, v in meta.items() if k.startswith(Meta.LIVE_PREFIX)},
             }
     if job == ROLLBACK_JOB and result.success:
         op = scoped_name(pipeline_of(result.job_def.name), ROLLBACK_OP)
@@ -329,9 +330,9 @@ def format_day(day: dict[str, Any]) -> str:
     if "rollback" in day:
         rollback = day["rollback"]
         parts.append(
-            rollback["message"]
-            if rollback.get("skipped") == "true"
-            else f"rolled back v{rollback['from_version']} -> v{rollback['to_version']}"
+            rollback[Meta.MESSAGE]
+            if rollback.get(Meta.SKIPPED) == "true"
+            else f"rolled back v{rollback[Meta.FROM_VERSION]} -> v{rollback[Meta.TO_VERSION]}"
         )
     parts.append(f"champion v{day['champion_version']}")
     return " | ".join(parts)

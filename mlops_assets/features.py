@@ -25,7 +25,7 @@ from mlops_assets.data import (
     table_schema,
 )
 from mlops_assets.frames import Frame
-from mlops_assets.keys import CHANGE_DAY_TAG, asset_ins, asset_key
+from mlops_assets.keys import CHANGE_DAY_TAG, Meta, asset_ins, asset_key
 from mlops_assets.memory_bound import require_fits
 from mlops_assets.ml.dataset import SPLIT_COLUMN, WEIGHT_COLUMN
 from mlops_assets.ml.windows import (
@@ -190,7 +190,7 @@ def flagged_days(
     from dagster import AssetRecordsFilter
 
     flagged = set()
-    for key, flag in (("drift_report", "drift_detected"), ("model_performance", "degraded")):
+    for key, flag in (("drift_report", Meta.DRIFT_DETECTED), ("model_performance", Meta.DEGRADED)):
         records = context.instance.fetch_materializations(
             AssetRecordsFilter(
                 asset_key=asset_key(spec, key),

@@ -18,7 +18,15 @@ from typing import Any
 from dagster import AssetRecordsFilter, MetadataValue
 
 from mlops_assets.frames import Frame
-from mlops_assets.keys import asset_key
+from mlops_assets.keys import (
+    ACTION_BY_TAG,
+    ACTION_REASON_TAG,
+    ACTION_TAG,
+    ACTION_VERSION_TAG,
+    AUDIT_ACTIONS,
+    asset_key,
+    audit_tag,
+)
 from mlops_assets.ml.dataset import content_hash
 from mlops_assets.ml.governance.lineage import (
     ARTIFACT_DIR,
@@ -35,14 +43,6 @@ from mlops_assets.ml.governance.plots import governance_figures
 from mlops_assets.ml.governance.report import governance_metrics, governance_report
 from mlops_assets.spec import PipelineSpec
 from mlops_resources.mlflow_tracking import MLflowResource
-
-# Past-tense tag prefix of each audited registry action.
-AUDIT_ACTIONS = {
-    "promote": "promoted",
-    "rollback": "rolled_back",
-    "retire": "retired",
-    "canary_stop": "canary_stopped",  # the online server's canary monitor (serving/canary.py)
-}
 
 
 def upstream_data_versions(
@@ -162,12 +162,11 @@ def audit_tags(context: Any, action: str, reason: str) -> dict[str, str]:
     `context` is any Dagster op or asset execution context."""
     if action not in AUDIT_ACTIONS:
         raise ValueError(f"unknown audit action {action!r}; known: {sorted(AUDIT_ACTIONS)}")
-    prefix = f"mlops.{AUDIT_ACTIONS[action]}"
     return {
-        f"{prefix}_by": triggered_by(context.run.tags),
-        f"{prefix}_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        f"{prefix}_run_id": context.run_id,
-        f"{prefix}_reason": reason[:4000],
+        audit_tag(action, "by"): triggered_by(context.run.tags),
+        audit_tag(action, "at"): datetime.now(UTC).isoformat(timespec="seconds"),
+        audit_tag(action, "run_id"): context.run_id,
+        audit_tag(action, "reason"): reason[:4000],
     }
 
 
@@ -179,14 +178,13 @@ def record_audit(
     `instance.get_runs(RunsFilter(tags=...))` finds). Returns the MLflow tags, for metadata."""
     tags = audit_tags(context, action, reason)
     mlflow.tag_version(name, version, tags)
-    prefix = f"mlops.{AUDIT_ACTIONS[action]}"
     context.instance.add_run_tags(
         context.run_id,
         {
-            "mlops/action": action,
-            "mlops/model_version": f"{name}/{version}",
-            "mlops/triggered_by": tags[f"{prefix}_by"],
-            "mlops/reason": reason[:1000],
+            ACTION_TAG: action,
+            ACTION_VERSION_TAG: f"{name}/{version}",
+            ACTION_BY_TAG: tags[audit_tag(action, "by")],
+            ACTION_REASON_TAG: reason[:1000],
         },
     )
     return tags

@@ -6,7 +6,7 @@ from dagster import AssetExecutionContext, AssetsDefinition, MetadataValue, Outp
 from mlops_assets.data import daily_partitions
 from mlops_assets.features import feature_refs
 from mlops_assets.frames import Frame
-from mlops_assets.keys import asset_ins, asset_key
+from mlops_assets.keys import SHADOW_TAG, Meta, asset_ins, asset_key
 from mlops_assets.ml.evaluation import score
 from mlops_assets.spec import PipelineSpec
 from mlops_resources.feast_store import FeastResource
@@ -16,8 +16,6 @@ from mlops_resources.mlflow_tracking import (
     MLflowResource,
 )
 from mlops_resources.model_loading import load_registered_model
-
-SHADOW_TAG = "mlops.shadow_partitions"
 
 
 def prediction_summary(predictions: Frame, spec: PipelineSpec) -> dict[str, object]:
@@ -119,8 +117,8 @@ def build_batch_predictions(spec: PipelineSpec) -> AssetsDefinition:
         yield Output(
             predictions,
             metadata={
-                "dagster/row_count": len(predictions),
-                "champion_version": champion,
+                Meta.ROW_COUNT: len(predictions),
+                Meta.CHAMPION_VERSION: champion,
                 "prediction_distribution": MetadataValue.json(summary),
                 "mlflow_model_version": MetadataValue.url(
                     mlflow.model_version_url(spec.model_name, champion)

@@ -21,7 +21,12 @@ from dagster import (
 
 from mlops_assets.data import daily_partitions, newest_arrived_day, partition_day
 from mlops_assets.frames import Frame
-from mlops_assets.keys import REPLACED_TAG, asset_ins, asset_key
+from mlops_assets.keys import (
+    REPLACED_TAG,
+    Meta,
+    asset_ins,
+    asset_key,
+)
 from mlops_assets.markdown import markdown_table
 from mlops_assets.ml.evaluation import evaluate, served_metrics, worsening
 from mlops_assets.ml.windows import labels_due
@@ -156,19 +161,19 @@ def build_drift_report(spec: PipelineSpec) -> AssetsDefinition:
         yield Output(
             summary,
             metadata={
-                "drift_share": share,
-                "drift_detected": detected,
-                "drift_share_threshold": drift.drift_share,
-                "drifted_columns": MetadataValue.json(drifted),
+                Meta.DRIFT_SHARE: share,
+                Meta.DRIFT_DETECTED: detected,
+                Meta.DRIFT_SHARE_THRESHOLD: drift.drift_share,
+                Meta.DRIFTED_COLUMNS: MetadataValue.json(drifted),
                 "column_tests": MetadataValue.md(column_table(outcome.columns)),
-                "prediction_drift": prediction.drifted,
+                Meta.PREDICTION_DRIFT: prediction.drifted,
                 "prediction_drift_score": prediction.score,
-                "model_version": version,
+                Meta.MODEL_VERSION: version,
                 "reference_rows": outcome.reference_rows,
                 "current_rows": outcome.current_rows,
                 "sampled": outcome.sampled,
                 "sample_size": drift.sample_size,
-                "drift_report_html": report_link(location),
+                Meta.DRIFT_REPORT_HTML: report_link(location),
             },
         )
         yield AssetCheckResult(
@@ -177,7 +182,7 @@ def build_drift_report(spec: PipelineSpec) -> AssetsDefinition:
             severity=AssetCheckSeverity(drift.severity),
             description=f"{len(drifted)} of {len(features)} features drifted "
             f"(share {share:.2f}, threshold {drift.drift_share})",
-            metadata={"drift_share": share, "drifted_columns": MetadataValue.json(drifted)},
+            metadata={Meta.DRIFT_SHARE: share, Meta.DRIFTED_COLUMNS: MetadataValue.json(drifted)},
         )
 
     def is_numeric(column: str) -> bool:
@@ -198,9 +203,9 @@ def column_table(columns: list[Any]) -> str:
 def holdout_metrics(mlflow: MLflowResource, name: str, version: str) -> dict[str, float]:
     """A version's training-time holdout metrics, as logged with its MLflow run."""
     return {
-        k.removeprefix("holdout_"): v
+        k.removeprefix(Meta.HOLDOUT_PREFIX): v
         for k, v in mlflow.run_metrics(mlflow.version_run_id(name, version)).items()
-        if k.startswith("holdout_")
+        if k.startswith(Meta.HOLDOUT_PREFIX)
     }
 
 
@@ -312,18 +317,18 @@ def build_model_performance(spec: PipelineSpec) -> AssetsDefinition:
         yield Output(
             result,
             metadata={
-                "model_version": version,
-                "champion_version": champion or "none",
+                Meta.MODEL_VERSION: version,
+                Meta.CHAMPION_VERSION: champion or "none",
                 "labelled_rows": len(served),
                 "label_delay_days": performance.label_delay_days,
-                "degraded": bool(degraded),
-                "degraded_metrics": MetadataValue.json(degraded),
-                "rollback_recommended": bool(regressed),
-                "replaced_version": replaced,
+                Meta.DEGRADED: bool(degraded),
+                Meta.DEGRADED_METRICS: MetadataValue.json(degraded),
+                Meta.ROLLBACK_RECOMMENDED: bool(regressed),
+                Meta.REPLACED_VERSION: replaced,
                 "metrics": MetadataValue.md(metric_table(live, holdout, previous)),
                 "beside_served": MetadataValue.json(beside),
-                **{f"live_{k}": v for k, v in live.items()},
-                **{f"holdout_{k}": v for k, v in holdout.items() if math.isfinite(v)},
+                **{f"{Meta.LIVE_PREFIX}{k}": v for k, v in live.items()},
+                **{f"{Meta.HOLDOUT_PREFIX}{k}": v for k, v in holdout.items() if math.isfinite(v)},
                 **online_metadata(online),
             },
         )

@@ -24,14 +24,23 @@ from mlops_assets.alias_moves import move_champion_audited, repair_interrupted_m
 from mlops_assets.data import daily_partitions
 from mlops_assets.frames import Frame
 from mlops_assets.governance import publish_model_card
-from mlops_assets.inference import SHADOW_TAG
 from mlops_assets.keys import (
+    BASELINE_TAG,
+    BLESSED_TAG,
+    GATE_MESSAGE_TAG,
+    GATE_PARTITION_TAG,
     REPLACED_TAG,
+    RETIRED_TAG,
     ROLLBACK_JOB,
     ROLLBACK_OP,
+    SHADOW_TAG,
+    Meta,
     asset_ins,
     asset_key,
+    audit_tag,
+    is_true,
     scoped_name,
+    tag_bool,
 )
 from mlops_assets.markdown import markdown_table
 from mlops_assets.ml.dataset import SPLIT_COLUMN, split
@@ -50,7 +59,6 @@ from mlops_resources.model_loading import load_registered_model
 
 GATE_CHECK = "promotion_gate"
 MAX_PROMOTION_ATTEMPTS = 3
-BASELINE_TAG = "mlops.baseline_version"
 
 
 def settle_challenger(
@@ -160,10 +168,10 @@ def build_model_promotion(spec: PipelineSpec) -> AssetsDefinition:
                 name,
                 version,
                 {
-                    "mlops.blessed": blessing.blessed,
+                    BLESSED_TAG: tag_bool(blessing.blessed),
                     BASELINE_TAG: blessing.baseline_version or "none",
-                    "mlops.gate_message": blessing.message[:4000],
-                    "mlops.gate_partition": context.partition_key,
+                    GATE_MESSAGE_TAG: blessing.message[:4000],
+                    GATE_PARTITION_TAG: context.partition_key,
                 },
             )
             if not blessing.blessed:
@@ -210,14 +218,14 @@ def build_model_promotion(spec: PipelineSpec) -> AssetsDefinition:
         yield Output(
             verdict,
             metadata={
-                "blessed": blessing.blessed,
-                "candidate_version": version,
+                Meta.BLESSED: blessing.blessed,
+                Meta.CANDIDATE_VERSION: version,
                 "baseline_version": blessing.baseline_version or "none",
-                "champion_before": verdict["champion_before"] or "none",
-                "champion_after": verdict["champion_after"] or "none",
-                "champion_moved": moved,
+                Meta.CHAMPION_BEFORE: verdict["champion_before"] or "none",
+                Meta.CHAMPION_AFTER: verdict["champion_after"] or "none",
+                Meta.CHAMPION_MOVED: moved,
                 "challenger": shadowed,
-                "message": blessing.message,
+                Meta.MESSAGE: blessing.message,
                 "judged_on": MetadataValue.json(judged_on),
                 "metrics": MetadataValue.md(
                     rules_table(blessing.rules) if blessing.rules else blessing.message
@@ -232,7 +240,7 @@ def build_model_promotion(spec: PipelineSpec) -> AssetsDefinition:
             passed=blessing.blessed,
             severity=AssetCheckSeverity.WARN,
             description=blessing.message,
-            metadata={"candidate_version": version, "champion_moved": moved},
+            metadata={Meta.CANDIDATE_VERSION: version, Meta.CHAMPION_MOVED: moved},
         )
 
     return model_promotion
@@ -262,9 +270,9 @@ def rollback_target(mlflow: MLflowResource, name: str, current: str, to_version:
         tags = mlflow.version_tags(name, target)
     except Exception as exc:  # MlflowException: no such version
         raise Failure(f"{name} v{target} is not a registered version: {exc}") from exc
-    if tags.get("mlops.blessed") != "True":
+    if not is_true(tags.get(BLESSED_TAG)):
         raise Failure(f"{name} v{target} was never blessed by the gate: not a rollback target")
-    if tags.get("mlops.retired") == "true":
+    if is_true(tags.get(RETIRED_TAG)):
         raise Failure(f"{name} v{target} is retired: not a rollback target")
     return target
 
@@ -289,8 +297,12 @@ def build_rollback_job(spec: PipelineSpec) -> Any:
                 f"champion of {name} is now {f'v{current}' if current else 'none'}"
             )
             context.log.info(skipped)
-            context.add_output_metadata({"skipped": True, "message": skipped, "model": name})
-            return {"skipped": "true", "message": skipped, "from_version": config.from_version}
+            context.add_output_metadata({Meta.SKIPPED: True, Meta.MESSAGE: skipped, "model": name})
+            return {
+                Meta.SKIPPED: "true",
+                Meta.MESSAGE: skipped,
+                Meta.FROM_VERSION: config.from_version,
+            }
         if current is None:
             raise Failure(f"{name} has no champion: nothing to roll back")
         target = rollback_target(mlflow, name, current, config.to_version)
@@ -298,14 +310,14 @@ def build_rollback_job(spec: PipelineSpec) -> Any:
             context, mlflow, name, target, current, "rollback", config.reason
         )
         record = {
-            "from_version": current,
-            "to_version": target,
-            "reason": config.reason,
-            "by": audit["mlops.rolled_back_by"],
+            Meta.FROM_VERSION: current,
+            Meta.TO_VERSION: target,
+            Meta.REASON: config.reason,
+            Meta.BY: audit[audit_tag("rollback", "by")],
         }
         context.log.info(
-            f"champion of {spec.model_name} rolled back from v{record['from_version']} to "
-            f"v{record['to_version']}: {config.reason}"
+            f"champion of {spec.model_name} rolled back from v{current} to v{target}: "
+            f"{config.reason}"
         )
         context.add_output_metadata({**record, "model": spec.model_name})
         return record

@@ -21,14 +21,20 @@ from dagster import (
 )
 
 from mlops_assets.governance import record_audit
-from mlops_assets.keys import RETIRE_JOB, RETIRE_OP, scoped_name
+from mlops_assets.keys import (
+    REPRODUCED_AT_TAG,
+    REPRODUCED_TAG,
+    RETIRE_JOB,
+    RETIRE_OP,
+    RETIRED_TAG,
+    scoped_name,
+    tag_bool,
+)
 from mlops_assets.ml.governance.reproduce import ReproduceError, reproduce_version
 from mlops_assets.spec import PipelineSpec
 from mlops_resources.mlflow_tracking import MLflowResource
 from mlops_resources.profiles import profile_resources
 from mlops_resources.storage import mlops_home
-
-RETIRED_TAG = "mlops.retired"
 
 
 class RetirementRefused(RuntimeError):
@@ -56,7 +62,7 @@ def retire_version(
         )
     for alias in found.aliases:
         client.delete_registered_model_alias(name, alias)
-    mlflow.tag_version(name, version, {RETIRED_TAG: "true"})
+    mlflow.tag_version(name, version, {RETIRED_TAG: tag_bool(True)})
     return {
         "version": str(version),
         "aliases_removed": list(found.aliases),
@@ -154,8 +160,8 @@ def reproduce_command(spec: PipelineSpec, version: str, as_json: bool) -> int:
         spec.model_name,
         version,
         {
-            "mlops.reproduced_at": datetime.now(UTC).isoformat(timespec="seconds"),
-            "mlops.reproduced": "match" if result["match"] else "mismatch",
+            REPRODUCED_AT_TAG: datetime.now(UTC).isoformat(timespec="seconds"),
+            REPRODUCED_TAG: "match" if result["match"] else "mismatch",
         },
     )
     if as_json:

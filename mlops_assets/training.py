@@ -21,11 +21,15 @@ from mlops_assets.keys import (
     ALARM_PARTITION_TAG,
     ALARM_VERSION_TAG,
     CHANGE_DAY_VERSION_TAG,
+    KIND_TAG,
     LABEL_CUTOFF_TAG,
+    PARTITION_TAG,
     REFERENCE_TAG,
+    RUN_ID_TAG,
     TRIGGER_TAG,
     TRIGGER_VERSION_TAG,
     WINDOW_POLICY_TAG,
+    Meta,
     asset_ins,
     asset_key,
 )
@@ -48,7 +52,6 @@ from mlops_resources.torch_executor import TorchExecutorResource
 LOAD_CHECK = "loads_and_predicts"
 REFERENCE_ARTIFACT_DIR = "reference"
 REFERENCE_FILE = "reference.parquet"
-KIND_TAG = "mlops.model_kind"
 
 if TYPE_CHECKING:
     import numpy as np
@@ -161,7 +164,7 @@ def build_candidate_model(spec: PipelineSpec) -> AssetsDefinition:
                 }
             )
             mlflow_api.log_metrics(
-                {f"holdout_{k}": v for k, v in metrics.items() if not math.isnan(v)}
+                {f"{Meta.HOLDOUT_PREFIX}{k}": v for k, v in metrics.items() if not math.isnan(v)}
             )
             mlflow_api.log_input(
                 mlflow_api.data.from_pandas(
@@ -184,8 +187,8 @@ def build_candidate_model(spec: PipelineSpec) -> AssetsDefinition:
             version,
             {
                 KIND_TAG: spec.model.kind,
-                "mlops.partition": context.partition_key,
-                "mlops.dagster_run_id": context.run_id,
+                PARTITION_TAG: context.partition_key,
+                RUN_ID_TAG: context.run_id,
                 **window_tags(context, spec),
                 **lineage_tags(report),
             },
@@ -207,14 +210,14 @@ def build_candidate_model(spec: PipelineSpec) -> AssetsDefinition:
         yield Output(
             candidate,
             metadata={
-                "model_version": version,
-                "mlflow_run": MetadataValue.url(mlflow.run_url(run.info.run_id)),
+                Meta.MODEL_VERSION: version,
+                Meta.MLFLOW_RUN: MetadataValue.url(mlflow.run_url(run.info.run_id)),
                 "mlflow_model_version": MetadataValue.url(
                     mlflow.model_version_url(spec.model_name, version)
                 ),
                 "mlflow_run_id": run.info.run_id,
                 **({"device": MetadataValue.json(device)} if device else {}),
-                **{f"holdout_{k}": v for k, v in metrics.items()},
+                **{f"{Meta.HOLDOUT_PREFIX}{k}": v for k, v in metrics.items()},
                 **governance_metadata(report, card),
             },
         )

@@ -100,7 +100,7 @@ def test_gate_on_real_candidates(lifecycle, tmp_path):
         assert worse["baseline_version"] == champion
         assert "fails change vs champion" in worse["message"]
         tags = mlflow.client().get_model_version(name, worse["version"]).tags
-        assert tags["mlops.blessed"] == "False" and tags["mlops.baseline_version"] == champion
+        assert tags["mlops.blessed"] == "false" and tags["mlops.baseline_version"] == champion
         assert mlflow.champion(name) == champion
 
         closed = run_candidate(lifecycle, tmp_path, {}, {})

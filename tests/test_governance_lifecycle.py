@@ -14,12 +14,18 @@ from dagster._core.definitions.data_version import StaleStatus
 from dagster._utils.test.data_versions import get_stale_status_resolver
 
 from mlops_assets.demo_data import generate_day
-from mlops_assets.keys import DRIFT_SENSOR, RETIRE_JOB, RETIRE_OP, asset_key, scoped_name
+from mlops_assets.keys import (
+    CODE_VERSION_TAG,
+    DATA_VERSION_TAG,
+    DRIFT_SENSOR,
+    RETIRE_JOB,
+    RETIRE_OP,
+    asset_key,
+    scoped_name,
+)
 from mlops_assets.ml.governance.lineage import (
     ARTIFACT_DIR,
     CARD_FILE,
-    CODE_VERSION_TAG,
-    DATA_VERSION_TAG,
 )
 from mlops_assets.pipeline import build_assets, build_definitions, default_resources
 from mlops_assets.spec import load_spec

@@ -49,7 +49,7 @@ def test_champion_is_set_and_tagged(lifecycle):
     name = lifecycle["spec"].model_name
     assert mlflow.champion(name) == lifecycle["summary"]["champion_version"]
     champion = mlflow.client().get_model_version_by_alias(name, CHAMPION_ALIAS)
-    assert champion.tags["mlops.blessed"] == "True"
+    assert champion.tags["mlops.blessed"] == "true"
     assert champion.tags["mlops.model_kind"] == "hist_gradient_boosting"
 
 

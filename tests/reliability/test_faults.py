@@ -247,7 +247,7 @@ def test_two_racing_promotions_exactly_one_wins(
         assert not loser["blessed"] and loser["baseline_version"] == winner, loser["message"]
         assert f"compared with champion v{winner}" in loser["message"]
         tags = mlflow.client().get_model_version(name, loser["version"]).tags
-        assert tags["mlops.blessed"] == "False" and tags["mlops.baseline_version"] == winner
+        assert tags["mlops.blessed"] == "false" and tags["mlops.baseline_version"] == winner
         assert "mlops.promoted_at" not in tags
 
         recorded = [event_text(instance, report["run_id"]) for report in reports]
@@ -337,7 +337,7 @@ def test_run_killed_mid_step_reexecutes_from_failure(
         == 1
     )
     partition_versions = [v for v in versions if v.tags.get("mlops.partition") == day]
-    assert sum(1 for v in partition_versions if v.tags.get("mlops.blessed") == "True") <= 1
+    assert sum(1 for v in partition_versions if v.tags.get("mlops.blessed") == "true") <= 1
     assert_online_store_matches_offline(state, day)
 
 

@@ -10,6 +10,12 @@ import subprocess
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mlops_assets.keys import (
+    CODE_VERSION_TAG,
+    DATA_VERSION_TAG,
+    GIT_COMMIT_TAG,
+    SPEC_HASH_TAG,
+)
 from mlops_assets.ml.model_kinds import TORCH_KIND
 from mlops_assets.spec import PipelineSpec
 
@@ -25,8 +31,6 @@ TRAINING_SET_FILE = "training_set.parquet"
 SPEC_FILE = "spec.json"
 REPORT_FILE = "report.json"
 TORCH_SETTINGS_FILE = "torch_executor.json"
-DATA_VERSION_TAG = "mlops.data_version.training_set"
-CODE_VERSION_TAG = "mlops.code_version"
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -201,6 +205,6 @@ def lineage_tags(report: dict[str, Any]) -> dict[str, str]:
     return {
         DATA_VERSION_TAG: found["data_versions"]["training_set"],
         CODE_VERSION_TAG: str(found["code_version"]),
-        "mlops.spec_hash": found["spec_hash"],
-        "mlops.git_commit": found["git_commit"],
+        SPEC_HASH_TAG: found["spec_hash"],
+        GIT_COMMIT_TAG: found["git_commit"],
     }

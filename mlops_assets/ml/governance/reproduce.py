@@ -8,12 +8,11 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mlops_assets.keys import CODE_VERSION_TAG, DATA_VERSION_TAG, GIT_COMMIT_TAG
 from mlops_assets.ml.dataset import content_hash, split
 from mlops_assets.ml.evaluation import evaluate
 from mlops_assets.ml.governance.lineage import (
     ARTIFACT_DIR,
-    CODE_VERSION_TAG,
-    DATA_VERSION_TAG,
     SPEC_FILE,
     TORCH_SETTINGS_FILE,
     TRAINING_SET_FILE,
@@ -96,7 +95,7 @@ def reproduce_version(
         # The training stage's code version today, for the recorded spec: a difference explains
         # a mismatch (the code changed since the version was trained).
         "code_version_now": code_version(spec, "candidate_model"),
-        "git_commit": found.tags.get("mlops.git_commit"),
+        "git_commit": found.tags.get(GIT_COMMIT_TAG),
         "metrics": rows,
         "match": bool(rows) and all(r["match"] for r in rows),
     }
