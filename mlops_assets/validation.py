@@ -49,11 +49,15 @@ def _coerce_if_clean(values: "pd.Series", converted: "pd.Series") -> "pd.Series"
 
 def standardize(df: Frame, spec: PipelineSpec) -> Frame:
     """Apply the spec's types where values convert cleanly: UTC timestamps, float numerics,
-    string keys, categoricals and class labels. Nothing is dropped or invented."""
+    string keys, categoricals and class labels. Nothing is dropped or invented.
+
+    The frame is not copied: the result shares every column already of its type with `df` and
+    holds a new array only for each column that is converted (a day of typed Parquet converts
+    only the label), so a large day is held about once, not twice."""
     import pandas as pd
 
-    out = df.copy()
-    if spec.timestamp in out:
+    out = df.copy(deep=False)
+    if spec.timestamp in out and not _is_utc_timestamp(out[spec.timestamp]):
         out[spec.timestamp] = _coerce_if_clean(
             out[spec.timestamp], pd.to_datetime(out[spec.timestamp], utc=True, errors="coerce")
         )
@@ -61,17 +65,34 @@ def standardize(df: Frame, spec: PipelineSpec) -> Frame:
     if spec.is_classification:
         text_columns.append(spec.label)
     for column in text_columns:
-        if column in out:
+        if column in out and not _is_text(out[column]):
             out[column] = out[column].astype("string").astype(object).where(out[column].notna())
     numeric = [f.name for f in spec.features if f.type == "numeric"]
     if not spec.is_classification:
         numeric.append(spec.label)
     for column in numeric:
-        if column in out:
+        if column in out and out[column].dtype != "float64":
             out[column] = _coerce_if_clean(
                 out[column], pd.to_numeric(out[column], errors="coerce").astype("float64")
             )
     return out
+
+
+def _is_utc_timestamp(values: "pd.Series") -> bool:
+    import pandas as pd
+
+    dtype = values.dtype
+    return isinstance(dtype, pd.DatetimeTZDtype) and str(dtype.tz) == "UTC"
+
+
+def _is_text(values: "pd.Series") -> bool:
+    """Object values that are all Python str (or missing): what the conversion would give."""
+    import pandas as pd
+
+    return values.dtype == object and pd.api.types.infer_dtype(values, skipna=True) in (
+        "string",
+        "empty",
+    )
 
 
 def build_expectations(spec: PipelineSpec, day: date) -> list[ExpectationConfig]:
@@ -79,7 +100,9 @@ def build_expectations(spec: PipelineSpec, day: date) -> list[ExpectationConfig]
     timestamps inside the day (daily partitions exist only for finished days, so this also
     refuses timestamps in the future)."""
     E = ExpectationConfig
-    required = [spec.entity_key, spec.timestamp, spec.label, *spec.feature_names]
+    # with a label source (spec `labels:`) the label is not a column of these rows
+    label = [spec.label] if spec.labels is None else []
+    required = [spec.entity_key, spec.timestamp, *label, *spec.feature_names]
     start, _ = day_bounds(day)
     last_instant = start + timedelta(days=1) - timedelta(microseconds=1)
     suite = [
@@ -91,7 +114,7 @@ def build_expectations(spec: PipelineSpec, day: date) -> list[ExpectationConfig]
         *(E("expect_column_to_exist", {"column": c}) for c in required),
         *(
             E("expect_column_values_to_not_be_null", {"column": c})
-            for c in [spec.entity_key, spec.timestamp, spec.label]
+            for c in [spec.entity_key, spec.timestamp, *label]
         ),
         E(
             "expect_compound_columns_to_be_unique",
@@ -106,14 +129,14 @@ def build_expectations(spec: PipelineSpec, day: date) -> list[ExpectationConfig]
             },
         ),
     ]
-    if spec.classes is not None:
+    if label and spec.classes is not None:
         suite.append(
             E(
                 "expect_column_values_to_be_in_set",
                 {"column": spec.label, "value_set": spec.classes},
             )
         )
-    elif not spec.is_classification:
+    elif label and not spec.is_classification:
         suite.append(
             E(
                 "expect_column_values_to_be_in_type_list",
