@@ -21,7 +21,7 @@ from dagster import (
 from mlops_assets.frames import Frame
 from mlops_assets.memory_bound import require_fits
 from mlops_assets.ml.dataset import content_hash as content_hash  # the DataVersion
-from mlops_assets.spec import PipelineSpec
+from mlops_assets.spec import PipelineSpec, SourceSpec
 from mlops_resources.storage import mlops_home
 
 DATA_ROOTS_VAR = "MLOPS_DATA_ROOTS"
@@ -102,18 +102,18 @@ def source_files(spec: PipelineSpec, day: date) -> list[Path]:
     return files
 
 
-def read_file(spec: PipelineSpec, path: Path) -> Frame:
-    """Read one CSV or Parquet file; any failure names the file and the reason."""
+def read_file(spec: PipelineSpec, path: Path, source: SourceSpec | None = None) -> Frame:
+    """Read one CSV or Parquet file of `source` (default: the spec's source); any failure names
+    the file and the reason."""
     import pandas as pd
 
-    fmt = spec.source.format or path.suffix.lstrip(".").lower()
+    source = source or spec.source
+    fmt = source.format or path.suffix.lstrip(".").lower()
     try:
         if fmt == "parquet":
             return pd.read_parquet(path)
         if fmt == "csv":
-            return pd.read_csv(
-                path, sep=spec.source.csv_delimiter, encoding=spec.source.csv_encoding
-            )
+            return pd.read_csv(path, sep=source.csv_delimiter, encoding=source.csv_encoding)
     except (OSError, ValueError, UnicodeDecodeError, pd.errors.ParserError) as exc:
         raise SourceError(f"{path}: cannot be read as {fmt}: {exc}") from exc
     raise SourceError(f"{path}: unsupported format '{fmt}' (use csv or parquet)")

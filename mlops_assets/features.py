@@ -3,6 +3,7 @@ store (`features`), the online store write when the spec asks for it (`online_fe
 the path of batch_predictions and drift_report), and the point-in-time correct training_set."""
 
 from datetime import date, timedelta
+from pathlib import Path
 from typing import Any
 
 from dagster import (
@@ -26,6 +27,7 @@ from mlops_assets.data import (
 )
 from mlops_assets.frames import Frame
 from mlops_assets.keys import CHANGE_DAY_TAG, Meta, asset_ins, asset_key
+from mlops_assets.labels import LabelSourceError, label_row_count, read_labels
 from mlops_assets.memory_bound import require_fits
 from mlops_assets.ml.dataset import SPLIT_COLUMN, WEIGHT_COLUMN
 from mlops_assets.ml.windows import (
@@ -84,7 +86,9 @@ def write_offline_partition(spec: PipelineSpec, feast: FeastResource, day, df: F
     """Write one day's feature rows (with the label) atomically; re-runs replace the day."""
     folder = offline_folder(spec, feast)
     folder.mkdir(parents=True, exist_ok=True)
-    columns = [spec.entity_key, spec.timestamp, *spec.feature_names, spec.label]
+    columns = [spec.entity_key, spec.timestamp, *spec.feature_names]
+    if spec.labels is None:  # else the labels are their own source (labels.py)
+        columns.append(spec.label)
     path = folder / f"{day.isoformat()}.parquet"
     tmp = folder / f".{day.isoformat()}.parquet.tmp"
     df[columns].to_parquet(tmp, index=False)
@@ -215,6 +219,16 @@ def change_day(context: AssetExecutionContext, spec: PipelineSpec, days: list[da
     return flagged[0] if flagged else None
 
 
+def delivered_labels(spec: PipelineSpec, day: date, offline_file: Path) -> Frame:
+    """The labelled rows of a delivered day: entity key, timestamp and label, from the day's
+    offline file, or from the label source when the spec has one."""
+    import pandas as pd
+
+    if spec.labels is not None:
+        return read_labels(spec, day)
+    return pd.read_parquet(offline_file, columns=[spec.entity_key, spec.timestamp, spec.label])
+
+
 def build_training_set(spec: PipelineSpec) -> AssetsDefinition:
     size = spec.model.training_window_days
     lag = spec.monitoring.performance.label_delay_days
@@ -245,7 +259,11 @@ def build_training_set(spec: PipelineSpec) -> AssetsDefinition:
         cutoff = label_cutoff(spec, partition_day(context.partition_key), newest_arrived_day(spec))
         candidates = [cutoff - timedelta(days=i) for i in range(size - 1, -1, -1)]
         files = {d: folder / f"{d.isoformat()}.parquet" for d in candidates}
-        rows_by_day = {d: pq.read_metadata(f).num_rows for d, f in files.items() if f.exists()}
+        if spec.labels is None:
+            rows_by_day = {d: pq.read_metadata(f).num_rows for d, f in files.items() if f.exists()}
+        else:  # delivered label files whose day has feature rows
+            counts = {d: label_row_count(spec, d) for d, f in files.items() if f.exists()}
+            rows_by_day = {d: n for d, n in counts.items() if n}
         if not rows_by_day:
             raise Failure(
                 f"training_set {context.partition_key}: no feature data with delivered labels "
@@ -260,13 +278,12 @@ def build_training_set(spec: PipelineSpec) -> AssetsDefinition:
         )
         import pandas as pd
 
-        labels = pd.concat(
-            [
-                pd.read_parquet(files[d], columns=[spec.entity_key, spec.timestamp, spec.label])
-                for d in window.days
-            ],
-            ignore_index=True,
-        )
+        try:
+            labels = pd.concat(
+                [delivered_labels(spec, d, files[d]) for d in window.days], ignore_index=True
+            )
+        except LabelSourceError as exc:
+            raise Failure(f"training_set {context.partition_key}: {exc}") from None
         context.log.info(
             f"{window.reason}: joining features point-in-time for {len(labels)} labelled rows "
             f"of {window.days[0]}..{window.days[-1]}"

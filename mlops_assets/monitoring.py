@@ -27,6 +27,7 @@ from mlops_assets.keys import (
     asset_ins,
     asset_key,
 )
+from mlops_assets.labels import LabelSourceError, with_labels
 from mlops_assets.markdown import markdown_table
 from mlops_assets.ml.evaluation import evaluate, served_metrics, worsening
 from mlops_assets.ml.windows import labels_due
@@ -260,6 +261,10 @@ def build_model_performance(spec: PipelineSpec) -> AssetsDefinition:
                 f"labels of {day} are delivered {performance.label_delay_days} day(s) later; "
                 f"the newest arrived day is {now}: not evaluated before delivery"
             )
+        try:
+            validated_data = with_labels(spec, day, validated_data)
+        except LabelSourceError as exc:
+            raise Failure(f"model_performance {context.partition_key}: {exc}") from None
         keys = [spec.entity_key, spec.timestamp]
         served = batch_predictions.merge(
             validated_data[[*keys, *spec.feature_names, spec.label]], on=keys, how="inner"

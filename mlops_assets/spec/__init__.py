@@ -39,6 +39,7 @@ from mlops_assets.spec.base import (
 from mlops_assets.spec.dataset import (
     ExpectationSpec,
     FeatureSpec,
+    LabelSourceSpec,
     PartitionSpec,
     SourceSpec,
 )
@@ -100,6 +101,7 @@ __all__ = [
     "ExpectationSpec",
     "FairnessSpec",
     "FeatureSpec",
+    "LabelSourceSpec",
     "GateSpec",
     "GovernanceSpec",
     "HOME_VARIABLE",

@@ -72,6 +72,26 @@ class SourceSpec(StrictModel):
         return PATH_VARIABLE.sub(value, self.path)
 
 
+class LabelSourceSpec(SourceSpec):
+    """Labels delivered as their own files (docs/configuration.md#labels).
+
+    `path` holds `{date}`: the day of the events a file labels. A file counts only from that day
+    plus `monitoring.performance.label_delay_days` on (its delivery, by the newest arrived
+    source day), whatever is on disk earlier. Its rows hold the entity key, the event timestamp
+    and the label, and join the features on entity key + timestamp; the feature source then
+    holds no label column.
+    """
+
+    @model_validator(mode="after")
+    def _one_file_a_day(self) -> LabelSourceSpec:
+        if "{date}" not in self.path:
+            raise ValueError(
+                "labels.path: needs {date}, the day of the events a file labels (one file a "
+                "day, delivered label_delay_days later)"
+            )
+        return self
+
+
 class FeatureSpec(StrictModel):
     """One feature column, with optional bounds (numeric) or allowed values (categorical)."""
 

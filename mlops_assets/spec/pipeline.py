@@ -10,7 +10,13 @@ from pydantic import Field, field_validator, model_validator
 
 from mlops_assets.spec.alerts import AlertsSpec
 from mlops_assets.spec.base import DEMO_SPEC_PATH, METRICS_BY_TASK, StrictModel, Task, repeated
-from mlops_assets.spec.dataset import ExpectationSpec, FeatureSpec, PartitionSpec, SourceSpec
+from mlops_assets.spec.dataset import (
+    ExpectationSpec,
+    FeatureSpec,
+    LabelSourceSpec,
+    PartitionSpec,
+    SourceSpec,
+)
 from mlops_assets.spec.governance import GovernanceSpec
 from mlops_assets.spec.model import GateSpec, ModelSpec, unusable_threshold
 from mlops_assets.spec.monitoring import PREDICTION_COLUMN, MonitoringSpec, ServingSpec
@@ -23,6 +29,11 @@ class PipelineSpec(StrictModel):
     name: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_]{0,62}$")
     description: str = ""
     source: SourceSpec
+    labels: LabelSourceSpec | None = Field(
+        default=None,
+        description="Labels as their own daily files, delivered label_delay_days after their "
+        "events; omitted: the label is a column of the source, counted once due.",
+    )
     entity_key: str
     timestamp: str
     label: str
@@ -122,6 +133,12 @@ class PipelineSpec(StrictModel):
         return self
 
     @model_validator(mode="after")
+    def _labels_source_fits(self) -> PipelineSpec:
+        if self.labels is not None and self.engine == "spark":
+            raise ValueError("labels: a label source is not supported with engine: spark yet")
+        return self
+
+    @model_validator(mode="after")
     def _canary_can_stop(self) -> PipelineSpec:
         if self.serving.canary_fraction > 0 and not self.monitoring.performance.rollback_margin:
             raise ValueError(
@@ -185,7 +202,16 @@ class PipelineSpec(StrictModel):
 
     def source_pattern(self) -> str:
         """The source path with $MLOPS_HOME and source.path_variables expanded, absolute."""
-        path = Path(self.source.expanded_path(str(self.spec_path)))
+        return self._absolute(self.source)
+
+    def labels_pattern(self) -> str:
+        """The label source's path, expanded and absolute like source_pattern."""
+        if self.labels is None:
+            raise ValueError(f"pipeline {self.name} has no label source (spec `labels:`)")
+        return self._absolute(self.labels)
+
+    def _absolute(self, source: SourceSpec) -> str:
+        path = Path(source.expanded_path(str(self.spec_path)))
         base = self.spec_path.parent if self.spec_path else Path.cwd()
         return str(path if path.is_absolute() else base / path)
 
