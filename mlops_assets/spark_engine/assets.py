@@ -35,7 +35,7 @@ from mlops_resources.spark import SPARK_IO_MANAGER, SparkResource
 from mlops_resources.validation import ExpectationConfig, GreatExpectationsResource
 
 if TYPE_CHECKING:
-    from pyspark.sql import DataFrame
+    from pyspark.sql import Column, DataFrame
 
 
 def is_spark_frame(_: TypeCheckContext, value: Any) -> TypeCheck:
@@ -51,13 +51,25 @@ SparkFrame = DagsterType(
 )
 
 
-def table_facts(df: "DataFrame") -> tuple[int, str]:
-    """(rows, content hash) of a Spark DataFrame in one pass on the executors: the hash is the
-    sum of every row's 64-bit hash, so it does not depend on row order or partitioning."""
+def row_hash_sum(df: "DataFrame") -> "Column":
+    """The sum of every row's 64-bit hash, as an exact decimal (no overflow under ANSI SQL):
+    a content hash that does not depend on row order or partitioning."""
     from pyspark.sql import functions as F
 
-    row = df.agg(F.count(F.lit(1)).alias("rows"), F.sum(F.xxhash64(*df.columns)).alias("h")).first()
-    return int(row["rows"]), f"{(row['h'] or 0) & 0xFFFFFFFFFFFFFFFF:016x}"
+    return F.sum(F.xxhash64(*df.columns).cast("decimal(38,0)"))
+
+
+def hash_text(total: object) -> str:
+    """A row_hash_sum as 16 hex digits."""
+    return f"{int(total or 0) & 0xFFFFFFFFFFFFFFFF:016x}"
+
+
+def table_facts(df: "DataFrame") -> tuple[int, str]:
+    """(rows, content hash) of a Spark DataFrame, in one pass on the executors."""
+    from pyspark.sql import functions as F
+
+    row = df.agg(F.count(F.lit(1)).alias("rows"), row_hash_sum(df).alias("h")).first()
+    return int(row["rows"]), hash_text(row["h"])
 
 
 def spark_schema(df: "DataFrame") -> TableSchema:
@@ -178,12 +190,12 @@ def build_spark_features(spec: PipelineSpec) -> AssetsDefinition:
         facts = validated_data.agg(
             F.count(F.lit(1)).alias("rows"),
             F.countDistinct(spec.entity_key).alias("entities"),
-            F.sum(F.xxhash64(*validated_data.columns)).alias("h"),
+            row_hash_sum(validated_data).alias("h"),
         ).first()
         context.log.info(f"Spark wrote {facts['rows']} rows of {day} to the offline table")
         return Output(
             None,
-            data_version=DataVersion(f"{(facts['h'] or 0) & 0xFFFFFFFFFFFFFFFF:016x}"),
+            data_version=DataVersion(hash_text(facts["h"])),
             metadata={
                 "feature_view": feature_view_name(spec),
                 "features": MetadataValue.json(spec.feature_names),
@@ -195,3 +207,55 @@ def build_spark_features(spec: PipelineSpec) -> AssetsDefinition:
         )
 
     return features
+
+
+def build_spark_online_features(spec: PipelineSpec) -> AssetsDefinition:
+    """The day's newest feature values per entity written to the Feast online store (as the
+    pandas engine's online_features): Spark keeps each entity's newest row of the day's
+    offline partition on the executors; those rows (one per entity) are written with Feast's
+    write_to_online_store from the step."""
+
+    @asset(
+        name="online_features",
+        key_prefix=spec.name,
+        partitions_def=daily_partitions(spec),
+        group_name=spec.name,
+        deps=[asset_key(spec, "features")],
+        description="The day's newest feature values per entity in the Feast online store, "
+        "chosen by Spark from the offline table's day partition.",
+        kinds={"feast", "spark"},
+        op_tags={"dagster/priority": "-1"},
+    )
+    def online_features(
+        context: AssetExecutionContext, feast: FeastResource, spark: SparkResource
+    ) -> Output[None]:
+        from pyspark.sql import Window
+        from pyspark.sql import functions as F
+
+        day = partition_day(context.partition_key)
+        table = spark.session().read.parquet(str(offline.offline_table(spec, feast)))
+        columns = [spec.entity_key, spec.timestamp, *spec.feature_names]
+        newest = Window.partitionBy(spec.entity_key).orderBy(F.col(spec.timestamp).desc())
+        rows = (
+            table.where(F.col(offline.DAY_COLUMN) == F.lit(day.isoformat()))
+            .select(*columns)
+            .withColumn("_rank", F.row_number().over(newest))
+            .where(F.col("_rank") == 1)
+            .drop("_rank")
+            .toPandas()
+        )
+        written = offline.spark_feast(feast).write_online(
+            feature_view_name(spec), rows, [spec.entity_key]
+        )
+        context.log.info(f"wrote the newest row of {written} entities of {day} online")
+        return Output(
+            None,
+            metadata={
+                "feature_view": feature_view_name(spec),
+                "entities_written": written,
+                "online_store": str(feast.online_store_config().get("type", "sqlite")),
+                "engine": "spark",
+            },
+        )
+
+    return online_features

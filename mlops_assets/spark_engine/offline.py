@@ -29,15 +29,8 @@ DAY_COLUMN = "day"  # the table's partition column (YYYY-MM-DD)
 
 def spark_feast(feast: FeastResource) -> FeastResource:
     """`feast` with Feast's Spark offline store (it uses the active SparkSession)."""
-    return FeastResource(
-        project=feast.project,
-        repo_path=feast.repo_path,
-        registry_path=feast.registry_path,
-        online_store=dict(feast.online_store),
-        offline_store={"type": "spark"},
-        online_store_password=feast.online_store_password,
-        registry_lock_timeout_seconds=feast.registry_lock_timeout_seconds,
-    )
+    fields = {name: getattr(feast, name) for name in type(feast).model_fields}
+    return type(feast)(**{**fields, "offline_store": {"type": "spark"}})
 
 
 def offline_table(spec: PipelineSpec, feast: FeastResource) -> Path:

@@ -14,6 +14,7 @@ SPARK_ASSETS = (
     "raw_data",
     "validated_data",
     "features",
+    "online_features",
     "training_set",
     "batch_predictions",
     "drift_report",
@@ -24,6 +25,7 @@ def spark_builders() -> dict[str, Callable[[PipelineSpec], AssetsDefinition]]:
     """The spark engine's asset builders by asset name."""
     from mlops_assets.spark_engine.assets import (
         build_spark_features,
+        build_spark_online_features,
         build_spark_raw_data,
         build_spark_validated_data,
     )
@@ -37,6 +39,7 @@ def spark_builders() -> dict[str, Callable[[PipelineSpec], AssetsDefinition]]:
         "raw_data": build_spark_raw_data,
         "validated_data": build_spark_validated_data,
         "features": build_spark_features,
+        "online_features": build_spark_online_features,
         "training_set": build_spark_training_set,
         "batch_predictions": build_spark_batch_predictions,
         "drift_report": build_spark_drift_report,
@@ -48,10 +51,5 @@ def engine_assets(spec: PipelineSpec, assets: list[AssetsDefinition]) -> list[As
     `engine: spark`, the Spark builds of SPARK_ASSETS in their places."""
     if spec.engine != "spark":
         return assets
-    if spec.online_features:
-        raise ValueError(
-            f"pipeline {spec.name}: engine: spark does not write the online store yet; set "
-            "online_features: false (or engine: pandas)"
-        )
     builders = spark_builders()
     return [builders[name](spec) if (name := a.key.path[-1]) in builders else a for a in assets]

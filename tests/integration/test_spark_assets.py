@@ -26,6 +26,7 @@ from mlops_assets.keys import asset_key  # noqa: E402
 from mlops_assets.pipeline import build_assets, default_resources  # noqa: E402
 from mlops_assets.spec import DEMO_SPEC_PATH, load_spec  # noqa: E402
 from mlops_assets.validation import GX_CHECK  # noqa: E402
+from mlops_resources.feast_store import FeastResource  # noqa: E402
 from mlops_resources.spark import SPARK_IO_MANAGER, SparkResource, SparkTableIOManager  # noqa: E402
 
 ROWS = 300
@@ -33,7 +34,7 @@ START = DRIFT_START - timedelta(days=4)
 INGEST = [START + timedelta(days=i) for i in range(4)]  # training at the 4th: labels of 3
 SCORED = DRIFT_START  # scored by the champion: the demo's drift day
 BAD = DRIFT_START + timedelta(days=1)
-INGEST_ASSETS = ["raw_data", "validated_data", "features"]
+INGEST_ASSETS = ["raw_data", "validated_data", "features", "online_features"]
 
 
 def write_stream(data: Path) -> None:
@@ -56,7 +57,7 @@ def run_engine(engine: str, root: Path, spark: SparkResource) -> dict[str, Any]:
     spec = yaml.safe_load(DEMO_SPEC_PATH.read_text())
     spec.update(
         engine=engine,
-        online_features=False,
+        online_features=True,
         model={**spec["model"], "training_window_days": 3, "holdout_days": 1},
         gate={"value_thresholds": {"roc_auc": {"min": 0.5}}},
     )
@@ -86,14 +87,18 @@ def run_engine(engine: str, root: Path, spark: SparkResource) -> dict[str, Any]:
         ]
         failed = evaluation.metadata["failed_expectations"].value
         checks[day] = (evaluation.passed, {f["rule"]: f["unexpected_count"] for f in failed})
+    scored = generate_day(SCORED, ROWS)
+    entities = [{spec.entity_key: key} for key in scored[spec.entity_key].head(25)]
+    refs = [f"{spec.name}_features:{name}" for name in spec.feature_names]
+    online = FeastResource().online_feature_values(entities, refs)
     training = run(["training_set", "candidate_model", "model_promotion"], INGEST[-1])
     assert training.success
     scoring = run(["batch_predictions", "drift_report"], SCORED)
     assert scoring.success
     drift = next(
-        m.metadata
-        for m in scoring.get_asset_materialization_events()
-        if m.asset_key == asset_key(spec, "drift_report")
+        event.step_materialization_data.materialization.metadata
+        for event in scoring.get_asset_materialization_events()
+        if event.asset_key == asset_key(spec, "drift_report")
     )
     if engine == "spark":  # the tables the spark_io_manager wrote, read as pandas
         table = Path(os.environ["MLOPS_HOME"]) / "spark" / spec.name / "batch_predictions"
@@ -105,6 +110,7 @@ def run_engine(engine: str, root: Path, spark: SparkResource) -> dict[str, Any]:
         "training_set": training.asset_value(asset_key(spec, "training_set")),
         "predictions": predictions,
         "drift": {k: v.value for k, v in drift.items()},
+        "online": online,
         "spec": spec,
     }
 
@@ -116,7 +122,7 @@ def engines(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, dict
     try:
         yield {
             engine: run_engine(engine, tmp_path_factory.mktemp(engine), spark)
-            for engine in ("pandas", "spark")
+            for engine in ("spark", "pandas")
         }
     finally:
         spark.stop()
@@ -163,3 +169,11 @@ def test_same_predictions_and_drift_verdict(engines: dict[str, dict[str, Any]]) 
     for key in ("drift_detected", "drifted_columns", "prediction_drift", "current_rows"):
         assert drift_spark[key] == drift_pandas[key], key
     assert drift_spark["drift_detected"] is True  # the demo's drift day
+
+
+def test_same_online_features(engines: dict[str, dict[str, Any]]) -> None:
+    """online_features: the same newest values per entity in each engine's online store."""
+    by_pandas, by_spark = engines["pandas"]["online"], engines["spark"]["online"]
+    assert by_spark == by_pandas
+    spec = engines["spark"]["spec"]
+    assert all(v is not None for v in by_spark[spec.feature_names[0]])
