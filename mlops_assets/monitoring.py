@@ -142,6 +142,8 @@ def build_drift_report(spec: PipelineSpec) -> AssetsDefinition:
             outcome.html,
             run_id=context.run_id,
         )
+        online = drift_online(spec, context, mlflow, evidently, reports)
+        detected = detected or bool(online.get("drift_detected"))
         summary = {
             "partition": context.partition_key,
             "model_version": version,
@@ -154,6 +156,7 @@ def build_drift_report(spec: PipelineSpec) -> AssetsDefinition:
             "current_rows": outcome.current_rows,
             "sampled": outcome.sampled,
             "report": location,
+            "online": online,
         }
         context.log.info(
             f"drift share {share:.2f} (threshold {drift.drift_share}) against v{version}: "
@@ -175,6 +178,7 @@ def build_drift_report(spec: PipelineSpec) -> AssetsDefinition:
                 "sampled": outcome.sampled,
                 "sample_size": drift.sample_size,
                 Meta.DRIFT_REPORT_HTML: report_link(location),
+                **online_drift_metadata(online),
             },
         )
         yield AssetCheckResult(
@@ -182,7 +186,7 @@ def build_drift_report(spec: PipelineSpec) -> AssetsDefinition:
             passed=not detected,
             severity=AssetCheckSeverity(drift.severity),
             description=f"{len(drifted)} of {len(features)} features drifted "
-            f"(share {share:.2f}, threshold {drift.drift_share})",
+            f"(share {share:.2f}, threshold {drift.drift_share})" + online_drift_line(online),
             metadata={Meta.DRIFT_SHARE: share, Meta.DRIFTED_COLUMNS: MetadataValue.json(drifted)},
         )
 
@@ -377,6 +381,62 @@ def served_online(
 
     return online_performance(
         spec, day, validated_data, lambda v: holdout_metrics(mlflow, spec.model_name, v)
+    )
+
+
+def drift_online(
+    spec: PipelineSpec,
+    context: AssetExecutionContext,
+    mlflow: MLflowResource,
+    evidently: EvidentlyResource,
+    reports: ReportStoreResource,
+) -> dict[str, Any]:
+    """Drift of the day's online traffic against the reference of the version that served it
+    (mlops_assets/online.py), its HTML report beside the batch one, when the spec monitors
+    online traffic; else, or when nothing was logged that day, {}."""
+    if not spec.serving.monitor_online:
+        return {}
+    from mlops_assets.online import online_drift
+
+    key = f"drift_report/{spec.name}/{context.partition_key}.online.html"
+    online = online_drift(
+        spec,
+        partition_day(context.partition_key),
+        evidently,
+        drift_tests(spec),
+        reference_of=lambda version: load_reference(mlflow, spec, version),
+        save_report=lambda html: reports.save(key, html, run_id=context.run_id),
+    )
+    if online:
+        context.log.info(
+            f"online traffic: drift share {online['drift_share']:.2f} on "
+            f"{online['current_rows']} rows served by v{online['model_version']}: drifted "
+            f"{sorted(online['drifted_columns']) or 'none'}"
+        )
+    return online
+
+
+def online_drift_metadata(online: dict[str, Any]) -> dict[str, Any]:
+    if not online:
+        return {}
+    prefix = Meta.ONLINE_PREFIX
+    return {
+        f"{prefix}{Meta.DRIFT_SHARE}": online["drift_share"],
+        f"{prefix}{Meta.DRIFT_DETECTED}": online["drift_detected"],
+        f"{prefix}{Meta.DRIFTED_COLUMNS}": MetadataValue.json(online["drifted_columns"]),
+        f"{prefix}{Meta.PREDICTION_DRIFT}": online["prediction_drift"],
+        f"{prefix}{Meta.MODEL_VERSION}": online["model_version"],
+        f"{prefix}current_rows": online["current_rows"],
+        f"{prefix}{Meta.DRIFT_REPORT_HTML}": report_link(online["report"]),
+    }
+
+
+def online_drift_line(online: dict[str, Any]) -> str:
+    if not online:
+        return ""
+    return (
+        f"; online traffic: {len(online['drifted_columns'])} drifted "
+        f"(share {online['drift_share']:.2f})"
     )
 
 

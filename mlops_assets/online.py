@@ -1,6 +1,7 @@
 """Online traffic in the loop: `online_predictions` is a day of the server's request log
-(mlops_assets/serving; docs/serving.md), and model_performance scores it on the day's delivered
-labels beside batch_predictions, when the spec sets `serving.monitor_online`.
+(mlops_assets/serving; docs/serving.md); drift_report compares it with the reference of the
+version that served it, and model_performance scores it on the day's delivered labels, both
+beside batch_predictions, when the spec sets `serving.monitor_online`.
 
 The request log's Parquet files are the asset's data (as Feast's stores are the `features`
 asset's): the asset records what a day of traffic was (rows, versions, latency, missing
@@ -11,15 +12,19 @@ latest event of the day when it has several).
 No `from __future__ import annotations`: Dagster reads the asset's context annotation at run time.
 """
 
+from collections.abc import Callable
 from datetime import date
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dagster import AssetExecutionContext, AssetsDefinition, MaterializeResult, MetadataValue, asset
 
 from mlops_assets.data import daily_partitions, partition_day
 from mlops_assets.frames import Frame
 from mlops_assets.serving.request_log import request_log_folder
-from mlops_assets.spec import PipelineSpec
+from mlops_assets.spec import PREDICTION_COLUMN, PipelineSpec, Task
+
+if TYPE_CHECKING:
+    from mlops_resources.drift_detection import DriftOutcome, DriftTest, EvidentlyResource
 
 
 def read_online_predictions(spec: PipelineSpec, day: date) -> "Frame | None":
@@ -74,6 +79,63 @@ def online_performance(
         "model_version": version,
         "live": live,
         "degraded_metrics": degraded,
+    }
+
+
+def online_monitored_frame(spec: PipelineSpec, online: "Frame") -> "Frame":
+    """The logged rows as drift_report compares them with a reference: the features as the
+    model saw them and the monitored output (training.monitored_output: the positive-class
+    score for binary tasks, the label for multiclass, the value for regression)."""
+    if spec.task == Task.binary_classification:
+        output = online["score"].astype(float)
+    elif spec.task == Task.multiclass_classification:
+        output = online["prediction"].astype(str)
+    else:
+        output = online["prediction"].astype(float)
+    return online[spec.feature_names].assign(**{PREDICTION_COLUMN: output.to_numpy()})
+
+
+def online_drift(
+    spec: PipelineSpec,
+    day: date,
+    evidently: "EvidentlyResource",
+    tests: "dict[str, DriftTest]",
+    reference_of: Callable[[str], "Frame"],
+    save_report: Callable[[str], str],
+) -> dict[str, Any]:
+    """Drift of what was served online on `day`: the logged rows answered by the version that
+    answered most of them, against that version's training reference (`reference_of(version)`),
+    with drift_report's tests; the HTML report saved with `save_report(html)`. {} when nothing
+    was logged that day."""
+    online = read_online_predictions(spec, day)
+    if online is None or online.empty:
+        return {}
+    version = str(online["model_version"].mode().iloc[0])
+    served = online[online["model_version"].astype(str) == version]
+    numeric_output = spec.task != Task.multiclass_classification
+    numeric = [f.name for f in spec.features if f.type == "numeric"]
+    categorical = [f.name for f in spec.features if f.type != "numeric"]
+    outcome: DriftOutcome = evidently.compare(
+        reference_of(version),
+        online_monitored_frame(spec, served),
+        numeric=numeric + ([PREDICTION_COLUMN] if numeric_output else []),
+        categorical=categorical + ([] if numeric_output else [PREDICTION_COLUMN]),
+        tests=tests,
+        sample_size=spec.monitoring.drift.sample_size,
+    )
+    features = spec.feature_names
+    share = outcome.share(features)
+    prediction = next(c for c in outcome.columns if c.column == PREDICTION_COLUMN)
+    return {
+        "model_version": version,
+        "logged_rows": len(online),
+        "current_rows": outcome.current_rows,
+        "drift_share": share,
+        "drift_detected": share >= spec.monitoring.drift.drift_share,
+        "drifted_columns": {c.column: round(c.score, 4) for c in outcome.drifted(features)},
+        "prediction_drift": prediction.drifted,
+        "prediction_drift_score": prediction.score,
+        "report": save_report(outcome.html),
     }
 
 

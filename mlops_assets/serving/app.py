@@ -23,6 +23,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
+from mlops_assets.serving.fast_path import ServingApp, fast_route
 from mlops_assets.serving.metrics import ServingMetrics
 from mlops_assets.serving.scoring import UnknownEntities
 from mlops_assets.serving.service import NoChampion, PipelineService
@@ -141,18 +142,30 @@ def error(status: int, loc: list[Any], message: str, kind: str, value: Any = Non
     return JSONResponse({"detail": [detail]}, status_code=status)
 
 
-def add_pipeline_routes(app: FastAPI, service: PipelineService, prefixes: list[str]) -> None:
+def add_pipeline_routes(
+    app: ServingApp,
+    service: PipelineService,
+    prefixes: list[str],
+    max_body: int,
+    refused: Callable[[str, list[dict[str, Any]]], Response],
+    failed: Callable[[str], None],
+) -> None:
+    """The pipeline's predict and feedback routes under each prefix; predict is also answered
+    before FastAPI's stack (fast_path), with the same request model and handler."""
     spec, metrics = service.spec, service.metrics
     PredictRequest = predict_request_model(spec)  # noqa: N806 (a class)
     FeedbackRequest = feedback_request_model(spec)  # noqa: N806
     requests = {code: metrics.requests.labels(spec.name, str(code)) for code in (200, 404, 503)}
     latency = metrics.latency.labels(spec.name)
 
-    def predict(body: PredictRequest) -> Response:  # type: ignore[valid-type]
+    async def predict(body: PredictRequest) -> Response:  # type: ignore[valid-type]
+        return await respond(body)
+
+    async def respond(body: Any) -> Response:
         started = time.perf_counter()
         rows = [entity.model_dump() for entity in body.entities]
         try:
-            answer = service.predict(rows, body.allow_missing)
+            answer = await service.batcher.submit(rows, body.allow_missing)
             response: Response = JSONResponse(answer)
         except UnknownEntities as exc:
             metrics.errors.labels(spec.name, "unknown_entity").inc()
@@ -188,6 +201,13 @@ def add_pipeline_routes(app: FastAPI, service: PipelineService, prefixes: list[s
             tags=[spec.name],
             name=f"{spec.name}_predict{'_default' if not prefix else ''}",
         )(predict)
+        app.fast_routes[f"{prefix}/predict"] = fast_route(
+            PredictRequest,
+            respond,
+            max_body,
+            lambda errors, path=f"{prefix}/predict": refused(path, errors),
+            failed,
+        )
         app.post(
             f"{prefix}/feedback",
             summary="Labels of answered rows (pairs the champion and the challenger)",
@@ -235,9 +255,10 @@ class Guard:
                 await failed(scope, receive, send)
 
 
-def create_app(services: dict[str, PipelineService], metrics: ServingMetrics) -> FastAPI:
-    """The application; starting it (its lifespan) starts every service's registry follower
-    and request worker, stopping it flushes the request logs."""
+def create_app(services: dict[str, PipelineService], metrics: ServingMetrics) -> ServingApp:
+    """The application; starting it (its lifespan) starts every service's batcher, registry
+    follower and request worker, stopping it scores what is waiting and flushes the request
+    logs."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -245,9 +266,10 @@ def create_app(services: dict[str, PipelineService], metrics: ServingMetrics) ->
             service.start()
         yield
         for service in services.values():
+            await service.batcher.stop()
             service.stop()
 
-    app = FastAPI(
+    app = ServingApp(
         title="mlops-suite online inference",
         description="The champion of each pipeline (MLflow alias), features from the Feast "
         "online store; shadow and canary with the challenger. See docs/serving.md.",
@@ -264,15 +286,19 @@ def create_app(services: dict[str, PipelineService], metrics: ServingMetrics) ->
 
     app.add_middleware(Guard, max_body=max_body, on_error=internal_error)
 
-    @app.exception_handler(RequestValidationError)
-    async def bad_request(request: Request, exc: RequestValidationError) -> Response:
-        pipeline = pipeline_of(request.url.path, services)
+    def refused(path: str, errors: list[dict[str, Any]]) -> Response:
+        pipeline = pipeline_of(path, services)
         metrics.errors.labels(pipeline, "bad_request").inc()
         metrics.requests.labels(pipeline, "422").inc()
-        return JSONResponse({"detail": finite(jsonable_encoder(exc.errors()))}, 422)
+        return JSONResponse({"detail": finite(errors)}, 422)
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_request(request: Request, exc: RequestValidationError) -> Response:
+        return refused(request.url.path, jsonable_encoder(exc.errors()))
 
     for name, service in services.items():
-        add_pipeline_routes(app, service, [f"/{name}", *([""] if len(services) == 1 else [])])
+        prefixes = [f"/{name}", *([""] if len(services) == 1 else [])]
+        add_pipeline_routes(app, service, prefixes, max_body, refused, internal_error)
 
     @app.get("/pipelines", summary="What each pipeline serves now")
     def pipelines() -> dict[str, Any]:
@@ -280,7 +306,11 @@ def create_app(services: dict[str, PipelineService], metrics: ServingMetrics) ->
 
     @app.get("/health", summary="Liveness: the process answers and follows the registry")
     def health() -> Response:
-        stuck = [n for n, s in services.items() if not (s.holder.following and s.worker.alive)]
+        stuck = [
+            name
+            for name, s in services.items()
+            if not (s.holder.following and s.worker.alive and s.batcher.running)
+        ]
         if stuck:
             return JSONResponse({"status": "unhealthy", "stuck": stuck}, 503)
         return JSONResponse({"status": "ok"})

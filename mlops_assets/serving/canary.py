@@ -145,14 +145,14 @@ class CanaryMonitor:
 
     def record(
         self,
-        request_id: str,
+        request_ids: list[str],
         keys: list[str],
         challenger_version: str,
         champion: "Outputs",
         challenger: "Outputs",
     ) -> None:
         with self._lock:
-            for i, key in enumerate(keys):
+            for i, (request_id, key) in enumerate(zip(request_ids, keys, strict=True)):
                 self._awaiting[request_id, key] = (
                     challenger_version,
                     (champion.prediction[i], champion.score[i]),

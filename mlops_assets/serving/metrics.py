@@ -19,6 +19,9 @@ LATENCY_BUCKETS = (
     5.0,
 )
 
+# Rows per scored batch.
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
 
 class ServingMetrics:
     """Counters and histograms labelled by pipeline; `exposition()` is the /metrics body."""
@@ -42,6 +45,13 @@ class ServingMetrics:
             "Time to answer a prediction request (features, model, response).",
             ["pipeline"],
             buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch_rows = Histogram(
+            "mlops_serving_batch_rows",
+            "Entity rows scored together in one batch (the requests that arrived together).",
+            ["pipeline"],
+            buckets=BATCH_BUCKETS,
             registry=r,
         )
         self.errors = Counter(

@@ -74,6 +74,7 @@ class ModelHolder:
         self.on_swap = on_swap or (lambda alias, loaded: None)
         self.on_error = on_error or (lambda message: None)
         self._current = Served(None, None)
+        self._client: Any = None  # MlflowClient, made on the first refresh
         self._loaded: dict[str, LoadedVersion] = {}
         self._refresh_lock = threading.Lock()
         self._stop = threading.Event()
@@ -119,8 +120,8 @@ class ModelHolder:
         """Read both aliases and swap in what they name; returns what is served afterwards."""
         with self._refresh_lock:
             try:
-                champion = self.mlflow.alias_version(self.name, CHAMPION_ALIAS)
-                challenger = self.mlflow.alias_version(self.name, CHALLENGER_ALIAS)
+                aliases = self.read_aliases()
+                champion, challenger = aliases.get(CHAMPION_ALIAS), aliases.get(CHALLENGER_ALIAS)
             except Exception as exc:  # an outage is never "no champion": keep serving
                 self._failed(f"registry read failed, still serving what was loaded: {exc!r}")
                 return self._current
@@ -149,6 +150,22 @@ class ModelHolder:
                 self.last_error = None
                 self.last_refresh = time.time()
             return served
+
+    def read_aliases(self) -> dict[str, str]:
+        """The registered model's aliases and their versions, in one registry read (as
+        MLflowResource.alias_version reads them: {} when the model does not exist; any other
+        registry error raises, it is never "no champion")."""
+        from mlflow.exceptions import MlflowException
+
+        if self._client is None:
+            self._client = self.mlflow.client()
+        try:
+            model = self._client.get_registered_model(self.name)
+        except MlflowException as exc:
+            if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+                return {}
+            raise
+        return {alias: str(version) for alias, version in (model.aliases or {}).items()}
 
     def _resolve(
         self,

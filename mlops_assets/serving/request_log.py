@@ -1,11 +1,12 @@
 """Off the response path: the other version's shadow prediction, the canary's labelled pairs and
 the Parquet request log.
 
-A request handler hands its answered rows to `RequestWorker.submit`, which never blocks: the
-queue is bounded, and a full queue drops the request from the log (counted in /metrics). A
-thread takes them in order; while a challenger exists it scores each row with the version that
-did not answer it (the challenger shadows the champion; for canary rows the champion shadows
-the challenger), gives both predictions to the canary monitor, and appends the rows to the log.
+The scoring of a batch of requests (see batching) hands its answered rows to
+`RequestWorker.submit`, which never blocks: the queue is bounded, and a full queue drops the
+batch from the log (counted in /metrics). A thread takes them in order; while a challenger
+exists it scores each row with the version that did not answer it (the challenger shadows the
+champion; for canary rows the champion shadows the challenger), gives both predictions to the
+canary monitor, and appends the rows to the log.
 The log is flushed at most every `FLUSH_SECONDS` (or `FLUSH_ROWS` rows) as one Parquet file per
 day and batch, written to a temporary name and renamed, so a reader sees whole files only:
 
@@ -49,18 +50,19 @@ def request_log_folder(pipeline: str) -> Path:
 
 
 @dataclass
-class AnsweredRequest:
-    """What one request was answered with, for the worker."""
+class AnsweredBatch:
+    """What the rows of one scored batch of requests were answered with, for the worker; the
+    per-row lists are aligned with `keys`."""
 
-    request_id: str
-    received_at: datetime  # UTC
+    request_ids: list[str]  # per row: its request's id
+    received_at: list[datetime]  # per row: when its request arrived (UTC)
+    latency_ms: list[float]  # per row: its request's time to answer
     keys: list[str]
     frame: pd.DataFrame
     missing: list[list[str]]
     served: Served
     canary: list[bool]  # per row: answered by the challenger
     answers: Outputs
-    latency_ms: float
 
 
 def log_schema(spec: PipelineSpec) -> pa.Schema:
@@ -110,7 +112,7 @@ class RequestWorker:
         self.monitor = monitor
         self.folder = folder or request_log_folder(spec.name)
         self.schema = log_schema(spec) if spec.serving.request_log else None
-        self._queue: queue.Queue[AnsweredRequest] = queue.Queue(spec.serving.log_queue_size)
+        self._queue: queue.Queue[AnsweredBatch] = queue.Queue(spec.serving.log_queue_size)
         self._rows: dict[str, list[Any]] = self._empty()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -137,8 +139,8 @@ class RequestWorker:
     def alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
-    def submit(self, item: AnsweredRequest) -> bool:
-        """Queue a request for shadow scoring and the log; never waits. False when dropped."""
+    def submit(self, item: AnsweredBatch) -> bool:
+        """Queue a batch for shadow scoring and the log; never waits. False when dropped."""
         try:
             self._queue.put_nowait(item)
             return True
@@ -161,7 +163,7 @@ class RequestWorker:
                     self.process(item)
                 except Exception:  # one bad request must not stop the log
                     self._dropped.inc(len(item.keys))
-                    log.exception(f"{self.spec.name}: request {item.request_id} not logged")
+                    log.exception(f"{self.spec.name}: {len(item.keys)} answered rows not logged")
             rows = len(self._rows.get("request_id", []))
             due = time.monotonic() - flushed >= FLUSH_SECONDS
             stopping = self._stop.is_set() and self._queue.empty()
@@ -173,7 +175,7 @@ class RequestWorker:
             if stopping:
                 return
 
-    def process(self, item: AnsweredRequest) -> None:
+    def process(self, item: AnsweredBatch) -> None:
         """Shadow-score the rows with the version that did not answer them, pass both
         predictions to the canary monitor, and buffer the log rows."""
         champion, challenger = item.served.champion, item.served.challenger
@@ -183,7 +185,7 @@ class RequestWorker:
         if challenger is not None and champion is not None:
             by_champion, by_challenger = self.both(item, champion.model, challenger.model)
             self.monitor.record(
-                item.request_id, item.keys, challenger.version, by_champion, by_challenger
+                item.request_ids, item.keys, challenger.version, by_champion, by_challenger
             )
         if self.schema is None:
             return
@@ -192,8 +194,8 @@ class RequestWorker:
             CHALLENGER: challenger.version if challenger else None,
         }
         rows = self._rows
-        rows["request_id"] += [item.request_id] * n
-        rows["requested_at"] += [item.received_at] * n
+        rows["request_id"] += item.request_ids
+        rows["requested_at"] += item.received_at
         rows[self.spec.entity_key] += item.keys
         for name in self.spec.feature_names:
             column = item.frame[name]
@@ -210,11 +212,9 @@ class RequestWorker:
                 [self.label(v) for v in outputs.prediction] if outputs else [None] * n
             )
             rows[f"{role}_score"] += outputs.score if outputs else [None] * n
-        rows["latency_ms"] += [item.latency_ms] * n
+        rows["latency_ms"] += item.latency_ms
 
-    def both(
-        self, item: AnsweredRequest, champion: Any, challenger: Any
-    ) -> tuple[Outputs, Outputs]:
+    def both(self, item: AnsweredBatch, champion: Any, challenger: Any) -> tuple[Outputs, Outputs]:
         """Both versions' outputs for every row: the answers, completed by the version that did
         not give them (scored here, off the response path)."""
         outputs = {

@@ -29,11 +29,19 @@ class UnknownEntities(LookupError):
 
 @dataclass
 class FeatureRows:
-    """One request's rows, ready for a model: keys, the frame and what was missing per row."""
+    """Rows ready for a model: keys, the frame and what was missing per row."""
 
     keys: list[str]
     frame: pd.DataFrame  # the spec's feature columns, in order
     missing: list[list[str]]  # per row, features neither the store nor the request had
+
+
+@dataclass
+class BatchRows(FeatureRows):
+    """The rows of several requests scored together: per request, the slice of its rows in
+    `keys` / `frame` / `missing`, or the UnknownEntities that refuses it (its rows left out)."""
+
+    spans: list[slice | UnknownEntities]
 
 
 def read_features(
@@ -42,49 +50,71 @@ def read_features(
     rows: list[dict[str, Any]],
     allow_missing: bool,
 ) -> FeatureRows:
-    """The features of each entity row: the request's own values (request-time features), else
-    the online store's latest. An entity the online store does not know is an error
-    (UnknownEntities) unless the request gives all its features or `allow_missing`; a row
-    missing only some features is answered (the model imputes them) and flagged."""
+    """The features of one request's entity rows (see read_batch); raises UnknownEntities."""
+    batch = read_batch(spec, feast, [(rows, allow_missing)])
+    if isinstance(batch.spans[0], UnknownEntities):
+        raise batch.spans[0]
+    return batch
+
+
+def read_batch(
+    spec: PipelineSpec,
+    feast: FeastResource,
+    requests: list[tuple[list[dict[str, Any]], bool]],
+) -> BatchRows:
+    """The features of each entity row of several requests (rows, allow_missing), with one
+    online store read for all their distinct keys and one frame for all their rows: the
+    request's own values (request-time features), else the online store's latest. A request
+    naming an entity the online store does not know is refused (UnknownEntities, its rows left
+    out) unless it gives all that entity's features or allows missing ones; a row missing only
+    some features is answered (the model imputes them) and flagged."""
+    import numpy as np
     import pandas as pd
 
-    keys = [row[spec.entity_key] for row in rows]
-    names = spec.feature_names
-    unique = list(dict.fromkeys(keys))
-    online = feast.online_feature_values(
-        [{spec.entity_key: key} for key in unique], feature_refs(spec)
-    )
+    key_name, names = spec.entity_key, spec.feature_names
+    unique = list(dict.fromkeys(row[key_name] for rows, _ in requests for row in rows))
+    online = feast.online_feature_values([{key_name: key} for key in unique], feature_refs(spec))
     position = {key: i for i, key in enumerate(unique)}
-    columns: dict[str, list[Any]] = {name: [] for name in names}
+    stored_columns = [online[name] for name in names]
+    known = [
+        any(not is_missing(column[at]) for column in stored_columns) for at in range(len(unique))
+    ]
+    keys: list[str] = []
+    columns: list[list[Any]] = [[] for _ in names]
     missing: list[list[str]] = []
-    unknown: list[int] = []
-    for i, (key, row) in enumerate(zip(keys, rows, strict=True)):
-        at = position[key]
-        stored = {name: online[name][at] for name in names}
-        known = any(not is_missing(v) for v in stored.values())
-        values = {
-            name: row.get(name) if row.get(name) is not None else stored[name] for name in names
-        }
-        absent = [name for name, value in values.items() if is_missing(value)]
-        if not known and absent and not allow_missing:
-            unknown.append(i)
-        missing.append(absent)
-        for name in names:
-            columns[name].append(values[name])
-    if unknown:
-        raise UnknownEntities([keys[i] for i in unknown], unknown)
-    import numpy as np
-
-    # One array per column (None -> NaN for numeric ones): the frame is built once, not
-    # converted column by column (a third of a single-entity request's time otherwise).
+    spans: list[slice | UnknownEntities] = []
+    for rows, allow_missing in requests:
+        values, absent, unknown = [], [], []
+        for i, row in enumerate(rows):
+            at = position[row[key_name]]
+            merged = [
+                given if (given := row.get(name)) is not None else column[at]
+                for name, column in zip(names, stored_columns, strict=True)
+            ]
+            lacking = [n for n, v in zip(names, merged, strict=True) if is_missing(v)]
+            if lacking and not known[at] and not allow_missing:
+                unknown.append(i)
+            values.append(merged)
+            absent.append(lacking)
+        if unknown:
+            spans.append(UnknownEntities([rows[i][key_name] for i in unknown], unknown))
+            continue
+        spans.append(slice(len(keys), len(keys) + len(rows)))
+        keys += [row[key_name] for row in rows]
+        missing += absent
+        for merged in values:
+            for column, value in zip(columns, merged, strict=True):
+                column.append(value)
+    # One array per column (None -> NaN for numeric ones): the frame is built once for the
+    # batch, not converted column by column.
     frame = pd.DataFrame(
         {
-            f.name: np.array(columns[f.name], dtype=float if f.type == "numeric" else object)
-            for f in spec.features
+            f.name: np.array(column, dtype=float if f.type == "numeric" else object)
+            for f, column in zip(spec.features, columns, strict=True)
         },
         copy=False,
     )
-    return FeatureRows(keys, frame, missing)
+    return BatchRows(keys, frame, missing, spans)
 
 
 def probe_frame(spec: PipelineSpec) -> pd.DataFrame:

@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mlops_assets.serving.batching import DEFAULT_MAX_ROWS, DEFAULT_WAIT_SECONDS
+
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
@@ -38,9 +40,15 @@ def serving_specs(config: str | None, model: str | None, project: Path) -> list[
     return [specs[name] for name in sorted(specs)] or [load_spec()]
 
 
-def build_app(specs: list[PipelineSpec], resources: dict[str, Any] | None = None) -> FastAPI:
+def build_app(
+    specs: list[PipelineSpec],
+    resources: dict[str, Any] | None = None,
+    batch_max_rows: int = DEFAULT_MAX_ROWS,
+    batch_wait_seconds: float = DEFAULT_WAIT_SECONDS,
+) -> FastAPI:
     """The application for `specs`, with the active profile's MLflow and Feast resources
-    (`resources` override them by key), their EnvVars resolved."""
+    (`resources` override them by key), their EnvVars resolved; concurrent requests of a
+    pipeline are scored in batches of up to `batch_max_rows` rows (serving.batching)."""
     from mlops_assets.serving.app import create_app
     from mlops_assets.serving.metrics import ServingMetrics
     from mlops_assets.serving.service import PipelineService
@@ -51,7 +59,10 @@ def build_app(specs: list[PipelineSpec], resources: dict[str, Any] | None = None
     mlflow = resources["mlflow"].process_config_and_initialize()
     feast = resources["feast"].process_config_and_initialize()
     metrics = ServingMetrics()
-    services = {spec.name: PipelineService(spec, mlflow, feast, metrics) for spec in specs}
+    services = {
+        spec.name: PipelineService(spec, mlflow, feast, metrics, batch_max_rows, batch_wait_seconds)
+        for spec in specs
+    }
     return create_app(services, metrics)
 
 
@@ -86,7 +97,9 @@ def serve_command(args: argparse.Namespace) -> int:
     prepare_dagster_home()  # the canary's stop is a Dagster run on this instance
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    app = build_app(specs)
+    app = build_app(
+        specs, batch_max_rows=args.batch_max_rows, batch_wait_seconds=args.batch_wait_ms / 1000
+    )
     names = ", ".join(spec.name for spec in specs)
     print(f"serving {names} on http://{args.host}:{args.port} (docs: /docs)", file=sys.stderr)
     uvicorn.run(
@@ -105,3 +118,31 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     parser.add_argument("--log-level", default="info", help="uvicorn's log level (default info)")
     parser.add_argument("--access-log", action="store_true", help="log every request")
+    parser.add_argument(
+        "--batch-max-rows",
+        type=positive_int,
+        default=DEFAULT_MAX_ROWS,
+        help="most entity rows of concurrent requests scored together (default "
+        f"{DEFAULT_MAX_ROWS}; a larger request is scored alone)",
+    )
+    parser.add_argument(
+        "--batch-wait-ms",
+        type=non_negative_float,
+        default=DEFAULT_WAIT_SECONDS * 1000,
+        help="how long a request waits for others to be scored with (default 0: under load "
+        "requests arriving while a batch is scored form the next one)",
+    )
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:  # also refuses NaN
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value

@@ -10,10 +10,16 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
+from mlops_assets.serving.batching import (
+    DEFAULT_MAX_ROWS,
+    DEFAULT_WAIT_SECONDS,
+    MicroBatcher,
+    Pending,
+)
 from mlops_assets.serving.canary import CanaryMonitor, run_stop_canary
 from mlops_assets.serving.models import LoadedVersion, ModelHolder, Served
-from mlops_assets.serving.request_log import CHALLENGER, CHAMPION, AnsweredRequest, RequestWorker
-from mlops_assets.serving.scoring import Outputs, canary_rows, predict, read_features
+from mlops_assets.serving.request_log import CHALLENGER, CHAMPION, AnsweredBatch, RequestWorker
+from mlops_assets.serving.scoring import Outputs, canary_rows, predict, read_batch, read_features
 
 if TYPE_CHECKING:
     from mlops_assets.serving.metrics import ServingMetrics
@@ -42,6 +48,8 @@ class PipelineService:
         mlflow: MLflowResource,
         feast: FeastResource,
         metrics: ServingMetrics,
+        batch_max_rows: int = DEFAULT_MAX_ROWS,
+        batch_wait_seconds: float = DEFAULT_WAIT_SECONDS,
     ) -> None:
         self.spec = spec
         self.feast = feast
@@ -59,6 +67,7 @@ class PipelineService:
             on_stopped=self.holder.refresh,
         )
         self.worker = RequestWorker(spec, metrics, self.monitor)
+        self.batcher = MicroBatcher(spec.name, self.score, batch_max_rows, batch_wait_seconds)
         self.feast_ready = False
         self.feast_error: str | None = None
         self._missing = metrics.missing.labels(spec.name)
@@ -71,6 +80,8 @@ class PipelineService:
         self.metrics.swaps.labels(spec.name, alias).inc()
 
     def start(self) -> None:
+        """Start the threads and, on the running event loop, the batcher."""
+        self.batcher.start()
         self.worker.start()
         self.holder.start()
         threading.Thread(target=self.warm_up, name=f"warm-up-{self.spec.name}", daemon=True).start()
@@ -94,67 +105,104 @@ class PipelineService:
         self.worker.stop()
 
     def predict(self, rows: list[dict[str, Any]], allow_missing: bool) -> dict[str, Any]:
-        """Answer entity rows with one snapshot of the served versions (never two champions in
-        one answer). Raises NoChampion, or scoring.UnknownEntities."""
-        started = time.perf_counter()
-        received_at = datetime.now(UTC)
+        """Answer one request's entity rows (a batch of one). Raises NoChampion, or
+        scoring.UnknownEntities."""
+        [result] = self.score([Pending(rows, allow_missing)])
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    def score(self, batch: list[Pending]) -> list[dict[str, Any] | Exception]:
+        """Answer the requests of a batch (batching.MicroBatcher) with one snapshot of the
+        served versions (never two champions in one answer, nor in one batch), one online
+        store read and one model call per answering version; per request its answer, or the
+        NoChampion / scoring.UnknownEntities that refuses it."""
         served = self.holder.current
         champion, challenger = served.champion, served.challenger
         if champion is None:
-            raise NoChampion(self.no_champion_reason())
-        features = read_features(self.spec, self.feast, rows, allow_missing)
+            refused = NoChampion(self.no_champion_reason())
+            return [refused] * len(batch)
+        spec = self.spec
+        features = read_batch(spec, self.feast, [(p.rows, p.allow_missing) for p in batch])
         keys = features.keys
         routed = (
-            canary_rows(self.spec.name, keys, self.spec.serving.canary_fraction)
+            canary_rows(spec.name, keys, spec.serving.canary_fraction)
             if challenger is not None and self.monitor.routes_to(challenger.version)
             else [False] * len(keys)
         )
-        answers = self.answer(served, features.frame, routed)
-        request_id = uuid.uuid4().hex
+        answers = self.answer(served, features.frame, routed) if keys else Outputs([], [])
         versions = {CHAMPION: champion.version, CHALLENGER: challenger and challenger.version}
-        classify = self.spec.is_classification
-        predictions = []
-        for i, key in enumerate(keys):
-            role = CHALLENGER if routed[i] else CHAMPION
-            row: dict[str, Any] = {self.spec.entity_key: key}
-            if classify:
-                row["label"], row["score"] = answers.prediction[i], answers.score[i]
-            else:
-                row["value"] = answers.prediction[i]
-            row.update(
-                version=versions[role],
-                served_by=role,
-                features_missing=bool(features.missing[i]),
-                missing_features=features.missing[i],
+        roles = [CHALLENGER if r else CHAMPION for r in routed]
+        key_name, classify = spec.entity_key, spec.is_classification
+        results: list[dict[str, Any] | Exception] = []
+        request_ids, received_at, latency_ms = [], [], []
+        done = time.perf_counter()
+        for pending, span in zip(batch, features.spans, strict=True):
+            if isinstance(span, Exception):
+                results.append(span)
+                continue
+            request_id = uuid.uuid4().hex
+            predictions = []
+            for i in range(span.start, span.stop):
+                row: dict[str, Any] = {key_name: keys[i]}
+                if classify:
+                    row["label"], row["score"] = answers.prediction[i], answers.score[i]
+                else:
+                    row["value"] = answers.prediction[i]
+                missing = features.missing[i]
+                row.update(
+                    version=versions[roles[i]],
+                    served_by=roles[i],
+                    features_missing=bool(missing),
+                    missing_features=missing,
+                )
+                predictions.append(row)
+            results.append(
+                {
+                    "pipeline": spec.name,
+                    "model": spec.model_name,
+                    "version": champion.version,
+                    "request_id": request_id,
+                    "predictions": predictions,
+                }
             )
-            predictions.append(row)
-        for role in (CHAMPION, CHALLENGER):
-            count = sum((r == (role == CHALLENGER)) for r in routed)
+            count = span.stop - span.start
+            request_ids += [request_id] * count
+            received_at += [pending.received_at] * count
+            latency_ms += [(done - pending.started) * 1000] * count
+        if keys:
+            self.account(keys, roles, versions, features.missing)
+            self.worker.submit(
+                AnsweredBatch(
+                    request_ids=request_ids,
+                    received_at=received_at,
+                    latency_ms=latency_ms,
+                    keys=keys,
+                    frame=features.frame,
+                    missing=features.missing,
+                    served=served,
+                    canary=routed,
+                    answers=answers,
+                )
+            )
+        return results
+
+    def account(
+        self,
+        keys: list[str],
+        roles: list[str],
+        versions: dict[str, str | None],
+        missing: list[list[str]],
+    ) -> None:
+        """Count a batch's answered rows in /metrics."""
+        self.metrics.batch_rows.labels(self.spec.name).observe(len(keys))
+        canary = roles.count(CHALLENGER)
+        for role, count in ((CHAMPION, len(keys) - canary), (CHALLENGER, canary)):
             if count:
                 self.metrics.rows.labels(self.spec.name, role, versions[role]).inc(count)
-        incomplete = sum(bool(m) for m in features.missing)
+        incomplete = sum(bool(m) for m in missing)
         if incomplete:
             self._missing.inc(incomplete)
-        self.worker.submit(
-            AnsweredRequest(
-                request_id=request_id,
-                received_at=received_at,
-                keys=keys,
-                frame=features.frame,
-                missing=features.missing,
-                served=served,
-                canary=routed,
-                answers=answers,
-                latency_ms=(time.perf_counter() - started) * 1000,
-            )
-        )
-        return {
-            "pipeline": self.spec.name,
-            "model": self.spec.model_name,
-            "version": champion.version,
-            "request_id": request_id,
-            "predictions": predictions,
-        }
 
     def answer(self, served: Served, frame: Any, routed: list[bool]) -> Outputs:
         """The answering version's output per row: the champion's, the challenger's for the
