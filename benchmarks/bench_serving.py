@@ -49,7 +49,8 @@ def setup(days: int, rows: int) -> tuple[object, list[str], Path]:
     from bench_online_features import setup as load_stores
 
     spec, _, frames = load_stores(days, rows)
-    from mlops_assets.training import build_estimator, log_sklearn_model
+    from mlops_assets.ml.estimators import build_estimator
+    from mlops_assets.ml.model_kinds import log_sklearn_model
     from mlops_resources.mlflow_tracking import MLflowResource
 
     mlflow = MLflowResource()

@@ -34,21 +34,15 @@ from mlops_assets.keys import (
     asset_key,
 )
 from mlops_assets.ml.dataset import content_hash, split, train_weights
-from mlops_assets.ml.estimators import build_estimator as build_estimator
 from mlops_assets.ml.evaluation import evaluate, monitored_output
-from mlops_assets.ml.evaluation import model_output as model_output
-from mlops_assets.ml.evaluation import positive_class as positive_class
 from mlops_assets.ml.governance.lineage import lineage_tags
 from mlops_assets.ml.model_kinds import log_model, model_kind, train_model
-from mlops_assets.ml.model_kinds import log_sklearn_model as log_sklearn_model
 from mlops_assets.spec import PREDICTION_COLUMN, PipelineSpec
 from mlops_resources.mlflow_tracking import MLFLOW_RETRY_POLICY, MLflowResource
 from mlops_resources.model_loading import load_registered_model
 from mlops_resources.storage import mlops_home
 from mlops_resources.torch_executor import TorchExecutorResource
 
-# build_estimator, log_sklearn_model, model_output and positive_class are re-exported ("as") for
-# mlops_assets.serving, tests/test_serving.py and benchmarks/bench_serving.py.
 LOAD_CHECK = "loads_and_predicts"
 REFERENCE_ARTIFACT_DIR = "reference"
 REFERENCE_FILE = "reference.parquet"

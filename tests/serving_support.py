@@ -50,7 +50,8 @@ def log_bad_model(state: TrainedState) -> str:
     suite's own logging (skops); returns its version."""
     import pandas as pd
 
-    from mlops_assets.training import build_estimator, log_sklearn_model
+    from mlops_assets.ml.estimators import build_estimator
+    from mlops_assets.ml.model_kinds import log_sklearn_model
 
     spec = state.spec
     offline = state.home / "feast" / "offline" / spec.name

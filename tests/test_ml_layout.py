@@ -1,6 +1,7 @@
 """mlops_assets.ml is pure ML code: importing any of its modules imports no Dagster and no asset
-module (the spec package and keys.py, the shared names, are not asset modules), and the suite's modules import each other without a cycle (checked on the source with
-ast, so lazy imports inside functions count too)."""
+module (the spec package and keys.py, the shared names, are not asset modules), and the suite's
+modules import each other without a cycle (checked on the source with ast, so lazy imports
+inside functions count too)."""
 
 import ast
 import subprocess

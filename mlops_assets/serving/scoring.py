@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from mlops_assets.features import feature_refs
-from mlops_assets.training import model_output, positive_class
+from mlops_assets.ml.evaluation import model_output, positive_class
 
 if TYPE_CHECKING:
     import pandas as pd
