@@ -74,7 +74,7 @@ class MicroBatcher:
         """Score what is waiting, then stop."""
         if self._task is None:
             return
-        while self._waiting:
+        while self._waiting and self.running:
             await asyncio.sleep(0.01)
         self._task.cancel()
         try:
