@@ -286,7 +286,10 @@ def main() -> None:
             size["plain"] = run_child("plain", plain_home, rows, args)
             results.append(size)
             print_size(size)
-    Path(args.out).write_text(json.dumps({"phases": PLAIN_PHASES, "sizes": results}, indent=1))
+            sys.stdout.flush()
+            # after each size, so a stopped run keeps the sizes it finished
+            out = {"phases": PLAIN_PHASES, "sizes": results}
+            Path(args.out).write_text(json.dumps(out, indent=1))
     print("\n".join(summary_rows(results)))
 
 
