@@ -31,6 +31,7 @@ from mlops_assets.data import content_hash, daily_partitions, newest_arrived_day
 from mlops_assets.features import change_day
 from mlops_assets.frames import Frame
 from mlops_assets.keys import asset_ins, asset_key
+from mlops_assets.memory_bound import require_fits
 from mlops_assets.ml.dataset import SPLIT_COLUMN, WEIGHT_COLUMN
 from mlops_assets.ml.windows import choose_window, holdout_mask, label_cutoff, recency_weights
 from mlops_assets.monitoring import DRIFT_CHECK, column_table, drift_tests, load_reference
@@ -81,6 +82,16 @@ def build_spark_training_set(spec: PipelineSpec) -> AssetsDefinition:
                 f"in {candidates[0]}..{cutoff}. Materialize `features` for earlier days first."
             )
         window = choose_window(spec, cutoff, rows_by_day, change_day(context, spec, candidates))
+        table = offline.offline_table(spec, feast)
+        require_fits(  # the window is collected for training: check it fits first
+            f"the training window's offline table ({window.days[0]}..{window.days[-1]})",
+            context.partition_key,
+            [
+                p
+                for d in window.days
+                for p in sorted((table / f"{offline.DAY_COLUMN}={d}").glob("*.parquet"))
+            ],
+        )
         labels = offline.label_rows(session, spec, feast, window.days)
         context.log.info(f"{window.reason}: Feast's Spark point-in-time join of {window.days}")
         df = offline.historical_features(feast, labels, spec).toPandas()

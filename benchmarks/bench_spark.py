@@ -1,0 +1,213 @@
+"""The spark engine against the pandas engine on the same data (issue 16, "Measured").
+
+For each engine, in its own MLOPS_HOME and its own process (so peak memory is that engine's):
+ingest the warm-up days (raw_data, validated_data, features), then time the `lifecycle`
+selection on the next day (ingest, training_set, candidate_model, model_promotion,
+batch_predictions, drift_report) and the `daily` selection on the day after (ingest,
+batch_predictions, drift_report), each through Dagster's materialize() in process. Reported:
+wall seconds, rows/s (the day's rows over the job's seconds) and the peak resident memory of
+the engine's process tree, sampled every 0.2 s with psutil. In Spark local mode the executors
+live in the driver's JVM, so the spark figure is driver + executors: an upper bound on the
+driver alone.
+
+    .venv/bin/python benchmarks/bench_spark.py --rows 1000000          # ~25 min on 2 cores
+    .venv/bin/python benchmarks/bench_spark.py --rows 50000 --out /tmp/spark_quick.json
+
+Writes benchmarks/results/spark.json (or --out) and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results" / "spark.json"
+START = date(2024, 2, 10)  # before the demo's drift: the stream is stationary
+WARMUP_DAYS = 2  # ingested before the timed jobs (the training window)
+
+
+def days() -> list[date]:
+    """Warm-up days, the lifecycle day and the daily day."""
+    return [START + timedelta(days=i) for i in range(WARMUP_DAYS + 2)]
+
+
+def generate(day: date, rows: int) -> Any:
+    """`rows` rows of the demo's distribution for `day` (at most 1,000,000: the ids are
+    C000000..C999999): chunks of the demo generator (its customer table has 20,000 rows) with
+    one id per row, so (id, timestamp) stays unique and ids recur from day to day."""
+    import pandas as pd
+
+    from mlops_assets.demo_data import CUSTOMERS, SEED, generate_day
+
+    if rows > 1_000_000:
+        raise SystemExit("--rows: at most 1,000,000 (the spec's id format has 6 digits)")
+    chunks = [
+        generate_day(day, min(CUSTOMERS, rows - start), seed=SEED + i)
+        for i, start in enumerate(range(0, rows, CUSTOMERS))
+    ]
+    frame = pd.concat(chunks, ignore_index=True).sort_values("event_timestamp", kind="stable")
+    frame["customer_id"] = [f"C{i:06d}" for i in range(len(frame))]
+    return frame.reset_index(drop=True)
+
+
+def write_data(folder: Path, rows: int) -> None:
+    """The demo stream at `rows` rows a day, one Parquet file a day."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for day in days():
+        path = folder / f"loans_{day}.parquet"
+        if not path.exists():
+            generate(day, rows).to_parquet(path, index=False)
+
+
+def write_spec(root: Path, data: Path, engine: str) -> Path:
+    import yaml
+
+    from mlops_assets.spec import DEMO_SPEC_PATH
+
+    spec = yaml.safe_load(DEMO_SPEC_PATH.read_text())
+    spec.update(
+        engine=engine,
+        online_features=False,
+        source={"path": str(data / "loans_{date}.parquet")},
+        model={**spec["model"], "training_window_days": WARMUP_DAYS, "holdout_days": 1},
+        gate={"value_thresholds": {"roc_auc": {"min": 0.5}}},
+    )
+    path = root / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def worker(spec_path: str) -> None:
+    """In the engine's process: warm-up ingest, then the timed lifecycle and daily runs; one
+    JSON line of timings on stdout."""
+    from dagster import materialize
+
+    from mlops_assets.keys import asset_key
+    from mlops_assets.pipeline import build_assets, default_resources
+    from mlops_assets.spec import load_spec
+    from mlops_resources.spark import SPARK_IO_MANAGER, SparkResource, SparkTableIOManager
+
+    spec = load_spec(spec_path)
+    assets = build_assets(spec)
+    spark = SparkResource(stop_after_step=False)  # one session for the whole process
+    resources = {
+        **default_resources(),
+        "spark": spark,
+        SPARK_IO_MANAGER: SparkTableIOManager(spark=spark),
+    }
+    ingest = ["raw_data", "validated_data", "features"]
+    selections = {
+        "lifecycle": [*ingest, "training_set", "candidate_model", "model_promotion"]
+        + ["batch_predictions", "drift_report"],
+        "daily": [*ingest, "batch_predictions", "drift_report"],
+    }
+
+    def run(names: list[str], day: date) -> float:
+        started = time.perf_counter()
+        result = materialize(
+            assets,
+            selection=[asset_key(spec, n) for n in names],
+            partition_key=day.isoformat(),
+            resources=resources,
+        )
+        assert result.success
+        return time.perf_counter() - started
+
+    timings: dict[str, float] = {}
+    *warmup, lifecycle_day, daily_day = days()
+    for day in warmup:
+        timings[f"ingest {day}"] = run(ingest, day)
+    timings["lifecycle"] = run(selections["lifecycle"], lifecycle_day)
+    timings["daily"] = run(selections["daily"], daily_day)
+    spark.stop()
+    print(json.dumps(timings))
+
+
+def run_engine(engine: str, root: Path, data: Path) -> dict[str, Any]:
+    """The worker for `engine` in a child process; its timings and peak tree RSS."""
+    import psutil
+
+    home = root / engine
+    home.mkdir(parents=True, exist_ok=True)
+    spec = write_spec(home, data, engine)
+    env = {
+        **os.environ,
+        "MLOPS_HOME": str(home / "home"),
+        "DAGSTER_HOME": str(home / "home" / "dagster"),
+        "MLOPS_DATA_ROOTS": str(data),
+        "PYTHONPATH": str(REPO),
+    }
+    child = subprocess.Popen(
+        [sys.executable, __file__, "--worker", str(spec)],
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    peak = 0
+    parent = psutil.Process(child.pid)
+    while child.poll() is None:
+        try:
+            tree = [parent, *parent.children(recursive=True)]
+            peak = max(peak, sum(p.memory_info().rss for p in tree if p.is_running()))
+        except psutil.Error:
+            pass
+        time.sleep(0.2)
+    out = child.stdout.read() if child.stdout else ""
+    if child.returncode != 0:
+        raise RuntimeError(f"{engine} worker failed ({child.returncode}): {out[-2000:]}")
+    return {"timings": json.loads(out.strip().splitlines()[-1]), "peak_rss_mb": peak / 2**20}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", type=int, default=1_000_000, help="rows a day")
+    parser.add_argument("--engines", default="pandas,spark")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        worker(args.worker)
+        return
+    root = Path(tempfile.mkdtemp(prefix="bench-spark-"))
+    data = root / "data"
+    write_data(data, args.rows)
+    results: dict[str, Any] = {
+        "rows_per_day": args.rows,
+        "cores": os.cpu_count(),
+        "load_average_at_start": os.getloadavg(),  # other work on the machine skews timings
+        "engines": {},
+    }
+    for engine in args.engines.split(","):
+        measured = run_engine(engine, root, data)
+        timings = measured["timings"]
+        results["engines"][engine] = {
+            **measured,
+            "rows_per_second": {
+                job: round(args.rows / timings[job]) for job in ("lifecycle", "daily")
+            },
+        }
+        daily_rate = args.rows / timings["daily"]
+        print(
+            f"{engine:7s} lifecycle {timings['lifecycle']:7.1f} s  daily {timings['daily']:7.1f} s"
+            f"  ({daily_rate:,.0f} rows/s)  peak {measured['peak_rss_mb']:,.0f} MB",
+            flush=True,
+        )
+    results["load_average_at_end"] = os.getloadavg()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
