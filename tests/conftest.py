@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -32,6 +33,17 @@ TEST_START = DRIFT_START - timedelta(days=TEST_WARMUP_DAYS + TEST_TRAIN_DAYS + T
 TEST_EXTRA_DAYS = 2  # data written after the story, for tests that need an unused partition
 
 
+def python_command(code: str, *args: str) -> list[str]:
+    """`python <file> <args>` running `code` from a temporary file, with the working directory
+    first on sys.path as `python -c` has it. Not `python -c`: with pyspark installed, a process
+    whose __main__ has no __file__ exits 0 as soon as it imports Great Expectations (pyspark's
+    connect check takes it for a doctest run)."""
+    fd, path = tempfile.mkstemp(prefix="suite_child_", suffix=".py")
+    with os.fdopen(fd, "w") as file:
+        file.write("import os, sys\nsys.path.insert(0, os.getcwd())\n" + code)
+    return [sys.executable, path, *args]
+
+
 def run_cli(*args: str) -> tuple[int, str]:
     """`python -m mlops_assets <args>` in process: its exit code and what it printed on stdout."""
     from mlops_assets.cli import main
@@ -50,11 +62,11 @@ def run_cli(*args: str) -> tuple[int, str]:
 
 
 def race_scripts(script: str, argvs: list[list[str]], timeout: float) -> list:
-    """Run `python -c script` once per argv, all at once, from the repository root; each must
+    """Run `script` (python_command) once per argv, all at once, from the repository root; each must
     exit 0 and print JSON on its last line, which is returned (one value per argv, in order)."""
     racers = [
         subprocess.Popen(
-            [sys.executable, "-c", script, *argv],
+            python_command(script, *argv),
             cwd=REPO,
             env={**os.environ, "PYTHONPATH": str(REPO)},
             stdout=subprocess.PIPE,

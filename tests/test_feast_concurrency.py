@@ -9,7 +9,6 @@ left the view refusing reads for good. Real Feast, real processes, a real SIGKIL
 import os
 import signal
 import subprocess
-import sys
 from datetime import date
 
 import pandas as pd
@@ -25,7 +24,7 @@ from mlops_assets.features import (
 )
 from mlops_assets.spec import load_spec
 from mlops_resources.feast_store import FeastResource
-from tests.conftest import REPO, race_scripts
+from tests.conftest import REPO, python_command, race_scripts
 
 START = date(2024, 2, 1)
 DAYS = 4
@@ -111,7 +110,7 @@ def test_a_writer_killed_mid_materialize_breaks_no_read_and_the_next_write_recov
     log = tmp_path / "writer.log"
     with open(log, "w") as stderr:
         child = subprocess.Popen(
-            [sys.executable, "-c", HANGING_WRITER, days[-1].isoformat()],
+            python_command(HANGING_WRITER, days[-1].isoformat()),
             cwd=REPO,
             env={**os.environ, "PYTHONPATH": str(REPO)},
             stdout=subprocess.PIPE,

@@ -38,7 +38,7 @@ from mlops_assets.keys import (
 )
 from mlops_assets.spec import DEMO_SPEC_PATH, load_spec
 from mlops_resources.instance import PIPELINE_TAG
-from tests.conftest import write_spec
+from tests.conftest import python_command, write_spec
 from tests.integration.conftest import ARTIFACTS, REPO
 from tests.integration.test_dev_shutdown import group_alive, local_env
 
@@ -73,9 +73,7 @@ def champion(env: dict[str, str]) -> str | None:
         "spec = load_spec()\n"
         "print(champion_now(build_definitions(spec), spec))\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True
-    )
+    done = subprocess.run(python_command(script), cwd=REPO, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     return done.stdout.strip().splitlines()[-1]
 

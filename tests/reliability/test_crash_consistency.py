@@ -1,11 +1,11 @@
 """Crash-consistent promotion: a process killed (SIGKILL) right after it registered a version,
 or right after it moved the `champion` alias, leaves no unaudited champion, no lease that
-blocks the next move, and no rollback that cannot run. The kill is real: a child process runs
+blocks the next move, and no rollback that cannot run; one killed during `features` or the
+online write leaves nothing that stops the next run. The kill is real: a child process runs
 the lifecycle and kills itself at that moment."""
 
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -14,7 +14,7 @@ import yaml
 
 from mlops_assets.keys import INTENT_TAG
 from mlops_resources.mlflow_tracking import LOCK_SUFFIX, MLflowResource
-from tests.conftest import run_cli
+from tests.conftest import python_command, run_cli
 from tests.reliability.conftest import TrainedState
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -23,11 +23,18 @@ KILL_AFTER_SCRIPT = """
 import os, signal, sys
 from dagster import DagsterInstance
 from mlflow import MlflowClient
+from feast import FeatureStore
+from mlops_resources.feast_store import FeastResource
 from mlops_resources.mlflow_tracking import MLflowResource
 from tests.reliability.kill_target import lifecycle_job
 
 owner, method = sys.argv[2].split(".")
-cls = {"MlflowClient": MlflowClient, "MLflowResource": MLflowResource}[owner]
+cls = {
+    "MlflowClient": MlflowClient,
+    "MLflowResource": MLflowResource,
+    "FeastResource": FeastResource,
+    "FeatureStore": FeatureStore,
+}[owner]
 original = getattr(cls, method)
 
 def then_die(self, *args, **kwargs):
@@ -42,7 +49,7 @@ lifecycle_job().execute_in_process(partition_key=sys.argv[1], instance=DagsterIn
 
 def run_until_killed(state: TrainedState, spec_path: Path, method: str) -> None:
     child = subprocess.run(
-        [sys.executable, "-c", KILL_AFTER_SCRIPT, state.trained_day.isoformat(), method],
+        python_command(KILL_AFTER_SCRIPT, state.trained_day.isoformat(), method),
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT), "MLOPS_CONFIG": str(spec_path)},
         capture_output=True,
@@ -131,3 +138,34 @@ def test_killed_right_after_the_version_was_registered_leaves_it_out(
     finally:
         del os.environ["MLOPS_CONFIG"]
         mlflow.set_alias(name, "champion", before)
+
+
+@pytest.mark.parametrize(
+    "moment",
+    [
+        "FeastResource.apply",  # in features: the offline file written, the view applied
+        "FeatureStore.write_to_online_store",  # in online_features: the first batch written
+    ],
+)
+def test_killed_during_features_then_the_next_run_trains_and_scores(
+    in_trained: TrainedState, permissive: Path, moment: str
+):
+    from dagster import DagsterInstance
+
+    from tests.reliability.kill_target import lifecycle_job
+
+    run_until_killed(in_trained, permissive, moment)
+    assert not list((in_trained.home / "feast" / "offline").rglob("*.tmp"))  # atomic writes
+    os.environ["MLOPS_CONFIG"] = str(permissive)
+    mlflow = MLflowResource()
+    before = mlflow.champion(in_trained.spec.model_name)
+    try:
+        result = lifecycle_job().execute_in_process(
+            partition_key=in_trained.trained_day.isoformat(), instance=DagsterInstance.get()
+        )
+        assert result.success
+        done = {e.step_key.rpartition("__")[2] for e in result.get_step_success_events()}
+        assert {"training_set", "batch_predictions", "online_features"} <= done
+    finally:
+        del os.environ["MLOPS_CONFIG"]
+        mlflow.set_alias(in_trained.spec.model_name, "champion", before)

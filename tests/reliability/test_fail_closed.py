@@ -27,6 +27,7 @@ from mlops_assets.spec import load_spec
 from mlops_resources.mlflow_tracking import MLflowResource
 from mlops_resources.model_loading import UnsafeModelError, load_registered_model
 from mlops_resources.storage import disable_telemetry
+from tests.conftest import python_command
 from tests.reliability.conftest import TrainedState
 from tests.reliability.test_faults import retries
 from tests.reliability.test_security import Payload
@@ -254,7 +255,7 @@ def test_pickle_deserialization_is_off_in_every_suite_process(monkeypatch: pytes
     assert os.environ["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] == "false"
     code = "import definitions, os; print(os.environ['MLFLOW_ALLOW_PICKLE_DESERIALIZATION'])"
     child = subprocess.run(
-        [sys.executable, "-c", code],
+        python_command(code),
         capture_output=True,
         text=True,
         env={**os.environ, "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "true"},

@@ -6,7 +6,6 @@ import json
 import os
 import socket
 import subprocess
-import sys
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -30,7 +29,7 @@ from mlops_assets.spec import load_spec
 from mlops_resources.feast_store import FeastResource
 from mlops_resources.mlflow_tracking import CHAMPION_ALIAS, MLflowResource
 from mlops_resources.model_loading import load_registered_model
-from tests.conftest import race_scripts
+from tests.conftest import python_command, race_scripts
 from tests.reliability.conftest import TrainedState
 from tests.reliability.kill_target import lifecycle_job
 
@@ -301,7 +300,7 @@ def test_run_killed_mid_step_reexecutes_from_failure(
     instance = DagsterInstance.get()
     earlier = {r.dagster_run.run_id for r in instance.get_run_records()}
     child = subprocess.Popen(
-        [sys.executable, "-c", KILL_SCRIPT, day],
+        python_command(KILL_SCRIPT, day),
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
         stdout=subprocess.DEVNULL,
