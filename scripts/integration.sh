@@ -34,6 +34,8 @@ apt_install() {
 apt_problem=""
 have_servers || apt_problem="$(apt_install postgresql redis-server)"
 [ -x /usr/bin/chromium ] || apt_install chromium >&2
+# The spark engine's tests run Spark local[2] (pyspark from the extra below) on Java 17.
+command -v java >/dev/null || apt_install openjdk-17-jre-headless >&2
 "$BIN/pip" install --quiet -c constraints.txt -e '.[dev,integration]'
 
 if have_servers; then
