@@ -123,6 +123,7 @@ def test_move_champion_is_atomic_across_processes(home, tmp_path):
 
 def test_feast_apply_materialize_and_read_back(home):
     from feast import Entity, FeatureView, Field, FileSource, ValueType
+    from feast.data_format import ParquetFormat
     from feast.types import Float64
 
     feast = FeastResource(project="probe")
@@ -141,7 +142,8 @@ def test_feast_apply_materialize_and_read_back(home):
         name="probe_view",
         entities=[user],
         schema=[Field(name="score", dtype=Float64)],
-        source=FileSource(path=str(folder), timestamp_field="ts"),
+        # a folder of Parquet files: the DuckDB offline store (the default) needs the format
+        source=FileSource(path=str(folder), timestamp_field="ts", file_format=ParquetFormat()),
         ttl=timedelta(days=1),
     )
     feast.apply([user, view])
