@@ -84,11 +84,13 @@ def test_daily_job_writes_features_before_scoring(home, tmp_path):
     assert asset_key(spec, "features") in parents
 
 
-def test_join_without_feature_rows_names_source_and_keys(home, tmp_path):
-    """Feast's dask join fails on keys without feature rows once the source has several
-    files; FeastResource turns that into an error naming the source, key column and keys."""
+@pytest.mark.parametrize("offline_store", ["duckdb", "file"])
+def test_join_without_feature_rows_names_source_and_keys(home, tmp_path, offline_store):
+    """Keys without feature rows: Feast's file (dask) join fails once the source has several
+    files and its DuckDB join (the default) returns nulls; FeastResource turns both into an
+    error naming the source, key column and keys."""
     spec = load_spec(write_house_spec(tmp_path))
-    feast = FeastResource()
+    feast = FeastResource(offline_store={"type": offline_store})
     for day in (date(2025, 3, 1), date(2025, 3, 2)):
         write_offline_partition(spec, feast, day, house_day(tmp_path, day))
     feast.apply(feast_definitions(spec, feast))
