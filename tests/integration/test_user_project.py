@@ -142,6 +142,7 @@ def edit(defs_yaml: Path, attributes: dict) -> None:
     defs_yaml.write_text(yaml.safe_dump({"type": scaffolded["type"], "attributes": attributes}))
 
 
+@pytest.mark.timeout(1800)  # a venv, a wheel build, six dg commands and four runs
 def test_a_user_project_with_two_models(user_project):
     defs = user_project["defs"]
     components = json.loads(dg(user_project, "list", "components", "--json"))["items"]
@@ -199,19 +200,23 @@ def test_a_user_project_with_two_models(user_project):
     jobs = {job["name"] for job in listed["jobs"]}
     assert {"loans__lifecycle", "loans_linear__lifecycle"} <= jobs
 
+    # Steps in the launching process: the default multiprocess executor starts a Python (and
+    # imports the suite) per step, minutes per job on a loaded 2-core machine.
+    in_process = ["--config-json", json.dumps({"execution": {"config": {"in_process": {}}}})]
     launched = []
     for name in ("loans", "loans_linear"):
-        dg(user_project, "launch", "--job", f"{name}__ingest", "--partition", DAYS[0].isoformat())
-        launched.append(
-            dg(
-                user_project,
-                "launch",
-                "--job",
-                f"{name}__lifecycle",
-                "--partition",
-                DAYS[1].isoformat(),
+        for job, day in (("ingest", DAYS[0]), ("lifecycle", DAYS[1])):
+            launched.append(
+                dg(
+                    user_project,
+                    "launch",
+                    "--job",
+                    f"{name}__{job}",
+                    "--partition",
+                    day.isoformat(),
+                    *in_process,
+                )
             )
-        )
     champions = run(
         [
             str(user_project["python"]),
