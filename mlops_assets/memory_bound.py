@@ -76,10 +76,15 @@ def csv_estimate(path: Path, read_options: dict | None = None) -> tuple[int, int
 def file_estimate(
     path: Path, columns: Sequence[str] | None = None, csv_options: dict | None = None
 ) -> tuple[int, int]:
-    """(rows, estimated pandas bytes) of a Parquet or CSV file (`csv_options`: read_csv's)."""
-    if path.suffix.lower() == ".csv":
-        return csv_estimate(path, csv_options)
-    return parquet_estimate(path, columns)
+    """(rows, estimated pandas bytes) of a Parquet or CSV file (`csv_options`: read_csv's);
+    (0, 0) for a file that cannot be read so: the read that follows fails naming the file and
+    the reason (an empty, truncated or mislabelled file, a wrong encoding)."""
+    try:
+        if path.suffix.lower() == ".csv":
+            return csv_estimate(path, csv_options)
+        return parquet_estimate(path, columns)
+    except (OSError, ValueError, UnicodeDecodeError, StopIteration):
+        return 0, 0  # pyarrow's ArrowInvalid and pandas' parser errors are ValueErrors
 
 
 def require_fits(
