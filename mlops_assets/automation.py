@@ -29,12 +29,14 @@ from dagster import (
 )
 
 from mlops_assets.data import day_of_path, partition_day, read_file
+from mlops_assets.followups import followup_request
 from mlops_assets.keys import (
     ALARM_PARTITION_TAG,
     CHANGE_DAY_TAG,
     DAILY_JOB,
     DRIFT_SENSOR,
     FEEDBACK_JOB,
+    FOLLOWUP_TAG,
     NEW_DATA_SENSOR,
     NIGHTLY_SCHEDULE,
     RETRAIN_JOB,
@@ -286,13 +288,16 @@ def build_drift_sensor(spec: PipelineSpec, retrain_job: Any, rollback_job: Any) 
         f"{monitoring.drift.drift_share} or served predictions degraded beyond tolerance raise "
         "an alarm; once labels after the alarm's day are delivered, `retrain` for the newest "
         "labelled day, its window starting at the change (no new retraining within "
-        f"{cooldown} day(s) of a promotion). A champion worse than the version it replaced on "
-        "days it served -> one `rollback` from that version.",
+        f"{cooldown} day(s) of a promotion); once that retraining moved the champion, one "
+        f"follow-up `retrain` per newly labelled day up to {monitoring.followup_days} day(s) "
+        "after the change. A champion worse than the version it replaced on days it served -> "
+        "one `rollback` from that version.",
     )
     def drift_sensor(context: SensorEvaluationContext) -> SensorResult:
         state = json.loads(context.cursor) if context.cursor else {}
         after = int(state.get("storage_id", 0))
         alarm: dict[str, str] | None = state.get("alarm")
+        followed: str | None = state.get("followup")
         records = sorted(
             (
                 record
@@ -325,6 +330,7 @@ def build_drift_sensor(spec: PipelineSpec, retrain_job: Any, rollback_job: Any) 
                         metadata={"drift_sensor_decision": decision[:1000]},
                     )
                 )
+        retrain: RunRequest | None = None
         if alarm is not None:
             retrain, decision, keep = retrain_request(context, spec, alarm, cooldown)
             decisions.append(decision)
@@ -332,7 +338,23 @@ def build_drift_sensor(spec: PipelineSpec, retrain_job: Any, rollback_job: Any) 
                 context.log.info(decision)
                 requests.append(retrain)
             alarm = alarm if keep else None
-        cursor = json.dumps({"storage_id": after, "alarm": alarm})
+        if retrain is None:  # an alarm's retraining trains the same newest day
+            now = arrived_day(spec, source_signatures(spec))
+            followup, said = followup_request(
+                context,
+                spec,
+                label_cutoff(spec, now, now) if now is not None else None,
+                last_promotion_partition(context, spec),
+                after,
+                followed,
+            )
+            if said:
+                decisions.append(said)
+            if followup is not None:
+                context.log.info(said)
+                requests.append(followup)
+                followed = followup.run_key
+        cursor = json.dumps({"storage_id": after, "alarm": alarm, "followup": followed})
         reason = "; ".join(decisions) or "no new drift_report or model_performance results"
         return SensorResult(
             run_requests=requests,
@@ -345,10 +367,10 @@ def build_drift_sensor(spec: PipelineSpec, retrain_job: Any, rollback_job: Any) 
 
 
 def last_promotion_partition(context: SensorEvaluationContext, spec: PipelineSpec) -> str | None:
-    """The partition of the latest retraining launched by this sensor whose model_promotion
-    moved the champion, read from the instance (not the cursor), so the cooldown survives a
-    lost cursor. A retraining the gate refused starts no cooldown: the alarm stays open for
-    the next delivered labels."""
+    """The partition of the latest alarm retraining launched by this sensor whose
+    model_promotion moved the champion, read from the instance (not the cursor), so the
+    cooldown survives a lost cursor. A retraining the gate refused starts no cooldown: the
+    alarm stays open for the next delivered labels. Nor does a follow-up (followups.py)."""
     sensor_name = scoped_name(spec, DRIFT_SENSOR)
     records = context.instance.fetch_materializations(
         asset_key(spec, "model_promotion"), limit=MAX_EVENTS_PER_TICK
@@ -358,7 +380,11 @@ def last_promotion_partition(context: SensorEvaluationContext, spec: PipelineSpe
         if moved is None or moved.value is not True:
             continue
         run = context.instance.get_run_by_id(record.run_id)
-        if run is not None and run.tags.get("dagster/sensor_name") == sensor_name:
+        if (
+            run is not None
+            and run.tags.get("dagster/sensor_name") == sensor_name
+            and FOLLOWUP_TAG not in run.tags
+        ):
             return record.partition_key
     return None
 

@@ -12,6 +12,7 @@ if TYPE_CHECKING:
 TRIGGER_TAG = "mlops/trigger"  # why a sensor or schedule launched the run
 CHANGE_DAY_TAG = "mlops/change_day"  # the change a retraining adapts to (since_change window)
 ALARM_PARTITION_TAG = "mlops/alarm_partition"  # the partition whose evidence raised the alarm
+FOLLOWUP_TAG = "mlops/followup"  # "<k>/<bound>": a follow-up retraining k days after the change
 
 # Dagster run tags of an audited registry action (governance.record_audit)
 ACTION_TAG = "mlops/action"

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from dagster import AssetMaterialization, DagsterInstance, instance_for_test
 
 from mlops_assets.demo_data import DRIFT_START, generate_day
@@ -18,6 +19,7 @@ from mlops_assets.keys import (
     ALARM_PARTITION_TAG,
     CHANGE_DAY_TAG,
     DRIFT_SENSOR,
+    FOLLOWUP_TAG,
     RETRAIN_JOB,
     asset_key,
     scoped_name,
@@ -29,7 +31,7 @@ from mlops_assets.ml.model_kinds import train_model
 from mlops_assets.ml.windows import choose_window, holdout_mask
 from mlops_assets.monitoring import drift_tests
 from mlops_assets.pipeline import build_definitions
-from mlops_assets.spec import METRICS_BY_TASK, load_spec
+from mlops_assets.spec import DEMO_SPEC_PATH, METRICS_BY_TASK, load_spec
 from mlops_resources.drift_detection import EvidentlyResource
 from mlops_resources.torch_executor import TorchExecutorResource
 from tests.conftest import write_spec
@@ -57,7 +59,10 @@ def training_frame(spec, days: list[date], weights: dict[date, float] | None = N
     return rows
 
 
-def adaptive_spec(tmp_path: Path, kind: str = "linear", **window: object):
+def adaptive_spec(
+    tmp_path: Path, kind: str = "linear", monitoring: dict | None = None, **window: object
+):
+    extra = {"monitoring": monitoring} if monitoring is not None else {}
     raw = write_spec(
         tmp_path / "spec.yaml",
         source={"path": str(tmp_path / "data" / "loans_{date}.parquet")},
@@ -68,6 +73,7 @@ def adaptive_spec(tmp_path: Path, kind: str = "linear", **window: object):
             "window": {"policy": "since_change", "min_rows": 200, **window},
         },
         governance={},
+        **extra,
     )
     return load_spec(raw)
 
@@ -192,6 +198,197 @@ def test_retraining_waits_for_labels_after_the_alarm_and_trains_the_newest_day(t
         assert request.partition_key == C.isoformat()
         assert request.tags[CHANGE_DAY_TAG] == request.tags[ALARM_PARTITION_TAG] == "2024-03-10"
         assert not tick(sensor, instance, defs, second.cursor).run_requests  # alarm consumed
+
+
+def launched(instance, spec, request, promoted: bool) -> None:
+    """What the daemon and the run leave behind for a retraining the drift sensor requested:
+    a finished run with the sensor's tags, and its model_promotion (champion moved or not)."""
+    from dagster import DagsterEvent, DagsterEventType, DagsterRunStatus
+    from dagster._core.events import StepMaterializationData
+    from dagster._core.test_utils import create_run_for_test
+
+    tags = {
+        **request.tags,
+        "dagster/sensor_name": scoped_name(spec, DRIFT_SENSOR),
+        "dagster/run_key": request.run_key,
+        "dagster/partition": request.partition_key,
+    }
+    run = create_run_for_test(
+        instance, job_name=request.job_name, tags=tags, status=DagsterRunStatus.SUCCESS
+    )
+    promotion = AssetMaterialization(
+        asset_key=asset_key(spec, "model_promotion"),
+        partition=request.partition_key,
+        metadata={"champion_moved": promoted},
+    )
+    instance.report_dagster_event(
+        DagsterEvent(
+            DagsterEventType.ASSET_MATERIALIZATION.value,
+            job_name=request.job_name,
+            event_specific_data=StepMaterializationData(promotion),
+        ),
+        run_id=run.run_id,
+    )
+
+
+def scored(instance, spec, day: date) -> None:
+    """The champion scored `day` (so its labels must be evaluated before a follow-up)."""
+    instance.report_runless_asset_event(
+        AssetMaterialization(asset_key=asset_key(spec, "batch_predictions"), partition=str(day))
+    )
+
+
+def evaluated(instance, spec, day: date) -> None:
+    """`day`'s labels evaluated: the champion served it within tolerance."""
+    instance.report_runless_asset_event(
+        AssetMaterialization(
+            asset_key=asset_key(spec, "model_performance"),
+            partition=str(day),
+            metadata={"model_version": "2", "champion_version": "2", "degraded": False},
+        )
+    )
+
+
+def drifted(instance, spec, day: date) -> None:
+    instance.report_runless_asset_event(
+        AssetMaterialization(
+            asset_key=asset_key(spec, "drift_report"),
+            partition=str(day),
+            metadata={"model_version": "1", "drift_detected": True, "drift_share": 0.6},
+        )
+    )
+
+
+def followup_setup(tmp_path: Path, followup_days: int):
+    """A since_change spec with `followup_days`, its definitions and its drift sensor."""
+    monitoring = yaml.safe_load(DEMO_SPEC_PATH.read_text()).get("monitoring", {})
+    spec = adaptive_spec(tmp_path, monitoring={**monitoring, "followup_days": followup_days})
+    defs = build_definitions(spec)
+    return spec, defs, defs.resolve_sensor_def(scoped_name(spec, DRIFT_SENSOR))
+
+
+def test_followups_retrain_each_newly_labelled_day_within_the_bound(tmp_path):
+    """After the change's retraining moved the champion: one follow-up per newly labelled
+    day, for that day, with the change's tag, once its labels are evaluated; the same run_key
+    after a lost cursor; none beyond followup_days after the change."""
+    spec, defs, sensor = followup_setup(tmp_path, followup_days=2)
+    with instance_for_test() as instance:
+        for day in (C - timedelta(days=1), C, C + timedelta(days=1)):
+            arrive(spec, day)
+        drifted(instance, spec, C)
+        first = tick(sensor, instance, defs)
+        [alarm_retrain] = first.run_requests
+        assert alarm_retrain.run_key == f"retrain:alarm-{C}"
+        launched(instance, spec, alarm_retrain, promoted=True)
+        cursor = tick(sensor, instance, defs, first.cursor).cursor  # nothing newly labelled
+        assert not tick(sensor, instance, defs, cursor).run_requests
+
+        requested = []
+        for offset in (1, 2, 3, 4):
+            day = C + timedelta(days=offset)
+            arrive(spec, day + timedelta(days=1))  # the labels of `day` are delivered
+            scored(instance, spec, day)
+            waiting = tick(sensor, instance, defs, cursor)
+            assert not waiting.run_requests
+            if offset <= 2:
+                assert f"follow-up for {day} waits until its labels" in waiting.skip_message
+            evaluated(instance, spec, day)
+            result = tick(sensor, instance, defs, waiting.cursor)
+            requested += result.run_requests
+            if result.run_requests:
+                [request] = result.run_requests
+                assert request.job_name == scoped_name(spec, RETRAIN_JOB)
+                assert request.partition_key == day.isoformat()
+                assert request.run_key == f"retrain:followup-{C}-{day}"
+                assert request.tags[CHANGE_DAY_TAG] == request.tags[ALARM_PARTITION_TAG] == str(C)
+                assert request.tags[FOLLOWUP_TAG] == f"{offset}/2"  # starts no cooldown
+                assert (
+                    f"follow-up {offset} of 2 after the change of {C}"
+                    in request.tags["mlops/trigger"]
+                )
+                again = tick(sensor, instance, defs, result.cursor)
+                assert not again.run_requests  # requested once
+                # a lost cursor asks the same run_key (Dagster drops it), nothing else
+                assert [r.run_key for r in tick(sensor, instance, defs).run_requests] == [
+                    request.run_key
+                ]
+                launched(instance, spec, request, promoted=offset == 1)  # 2nd: refused
+            cursor = result.cursor
+        assert [r.partition_key for r in requested] == [
+            str(C + timedelta(days=1)),
+            str(C + timedelta(days=2)),
+        ]
+
+
+def test_no_followups_without_an_adopted_change_or_when_disabled(tmp_path):
+    """A stationary stream (no change retraining), a change whose retraining the gate
+    refused, and followup_days 0: nothing beyond the alarm's retraining."""
+    for followup_days, promoted in ((3, False), (0, True)):
+        folder = tmp_path / str(followup_days)
+        folder.mkdir()
+        spec, defs, sensor = followup_setup(folder, followup_days)
+        with instance_for_test() as instance:
+            cursor = None
+            for offset in range(-3, 1):  # stationary days: no change, nothing retrains
+                arrive(spec, C + timedelta(days=offset + 1))
+                scored(instance, spec, C + timedelta(days=offset))
+                evaluated(instance, spec, C + timedelta(days=offset))
+                quiet = tick(sensor, instance, defs, cursor)
+                assert not quiet.run_requests, quiet.skip_message
+                cursor = quiet.cursor
+            drifted(instance, spec, C)
+            first = tick(sensor, instance, defs, cursor)
+            [alarm_retrain] = first.run_requests
+            launched(instance, spec, alarm_retrain, promoted=promoted)
+            cursor = first.cursor
+            for offset in (1, 2):
+                day = C + timedelta(days=offset)
+                arrive(spec, day + timedelta(days=1))
+                scored(instance, spec, day)
+                evaluated(instance, spec, day)
+                result = tick(sensor, instance, defs, cursor)
+                assert not result.run_requests, result.skip_message
+                if not promoted:
+                    assert "the change is not adopted" in result.skip_message
+                cursor = result.cursor
+
+
+def test_followups_start_no_cooldown_and_a_new_alarm_takes_over(tmp_path):
+    """Promoted follow-ups do not hold off a new alarm: its retraining comes
+    retrain_cooldown_days (3) after the alarm retraining's promotion, for a new change day, and
+    no follow-up of the old change is asked in the same tick."""
+    spec, defs, sensor = followup_setup(tmp_path, followup_days=4)
+    with instance_for_test() as instance:
+        for day in (C, C + timedelta(days=1)):
+            arrive(spec, day)
+        drifted(instance, spec, C)
+        first = tick(sensor, instance, defs)
+        [request] = first.run_requests
+        launched(instance, spec, request, promoted=True)
+        cursor = first.cursor
+        keys = []
+        for offset in (1, 2, 3):
+            day = C + timedelta(days=offset)
+            arrive(spec, day + timedelta(days=1))
+            if offset == 2:
+                drifted(instance, spec, day)  # the concept moves on
+            result = tick(sensor, instance, defs, cursor)
+            [request] = result.run_requests
+            assert request.partition_key == str(day)
+            keys.append(request.run_key)
+            launched(instance, spec, request, promoted=True)
+            cursor = result.cursor
+        assert keys == [
+            f"retrain:followup-{C}-{C + timedelta(days=1)}",
+            f"retrain:followup-{C}-{C + timedelta(days=2)}",
+            f"retrain:alarm-{C + timedelta(days=2)}",
+        ]
+        assert request.tags[CHANGE_DAY_TAG] == str(C + timedelta(days=2))
+        arrive(spec, C + timedelta(days=5))  # the follow-ups now follow the new change
+        [request] = tick(sensor, instance, defs, cursor).run_requests
+        assert (
+            request.run_key == f"retrain:followup-{C + timedelta(days=2)}-{C + timedelta(days=4)}"
+        )
 
 
 def test_degradation_of_a_replaced_version_is_no_alarm(tmp_path):

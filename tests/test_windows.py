@@ -68,8 +68,10 @@ def test_recency_weights_halve_every_half_life():
     assert np.allclose(recency_weights(row_days, D, 3.0), [1.0, 0.5, 0.25])
 
 
-@pytest.mark.parametrize("count", [1, 3, 6])
+@pytest.mark.parametrize("count", [1, 3, 6, 14])
 def test_holdout_is_the_newest_rows(tmp_path, count: int):
+    """The newest holdout_days days, or the newest holdout_fraction of the rows when that is
+    the smaller share (a window growing after a change keeps most of its rows to train on)."""
     spec = spec_with(tmp_path, "since_change", holdout_fraction=0.25)  # demo: holdout_days 3
     window = [D - timedelta(days=count - 1 - i) for i in range(count)]
     stamps = pd.Series(
@@ -80,7 +82,7 @@ def test_holdout_is_the_newest_rows(tmp_path, count: int):
     mask = holdout_mask(spec, stamps.dt.date, stamps, window)
     assert mask.any() and not mask.all()
     assert stamps[mask].min() > stamps[~mask].max()  # strictly newer than every train row
-    if count > 3:
+    if 3 / count <= 0.25:
         assert set(stamps[mask].dt.date) == set(window[-3:])
     else:
         assert mask.sum() == 2 * count  # the newest quarter of the rows

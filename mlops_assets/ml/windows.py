@@ -89,10 +89,13 @@ def recency_weights(row_days: pd.Series, cutoff: date, half_life_days: float) ->
 def holdout_mask(
     spec: PipelineSpec, row_days: pd.Series, timestamps: pd.Series, days: list[date]
 ) -> pd.Series:
-    """The holdout rows: the newest holdout_days days, or, when the window holds no more days
-    than that (right after a change), the newest holdout_fraction of its rows by timestamp."""
+    """The holdout rows: the newest holdout_days days, or the newest holdout_fraction of the
+    window's rows by timestamp when that is the smaller share (a window of few days, right
+    after a change): a window growing after a change keeps learning from most of its rows
+    instead of holding out all but its first day."""
     holdout_days = spec.model.holdout_days
-    if len(days) > holdout_days:
+    fraction = spec.model.window.holdout_fraction
+    if len(days) > holdout_days and holdout_days / len(days) <= fraction:
         return row_days >= days[-holdout_days]
     rank = timestamps.rank(method="first", pct=True)
-    return rank > 1 - spec.model.window.holdout_fraction
+    return rank > 1 - fraction

@@ -29,8 +29,9 @@ class WindowSpec(StrictModel):
         default=0.34,
         gt=0,
         lt=1,
-        description="When the window holds no more days than holdout_days (right after a "
-        "change), the newest fraction of its rows by timestamp is the holdout.",
+        description="When this share of the window's rows is smaller than its newest "
+        "holdout_days days (a window of few days, right after a change), the newest fraction "
+        "of its rows by timestamp is the holdout.",
     )
 
 

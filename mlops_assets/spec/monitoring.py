@@ -92,6 +92,13 @@ class MonitoringSpec(StrictModel):
     retrain_cooldown_days: int = Field(
         default=3, ge=0, description="No new sensor-triggered retraining within this many days."
     )
+    followup_days: int = Field(
+        default=4,
+        ge=0,
+        description="After a change-triggered retraining that moved the champion, retrain once "
+        "more for each newly labelled day up to this many days after the change (the window "
+        "since the change grows with its data; the gate still decides). 0: no follow-ups.",
+    )
     nightly_training: bool = Field(default=False, description="Start the nightly schedule on.")
     nightly_cron_hour: int = Field(default=2, ge=0, le=23)
 
