@@ -154,12 +154,13 @@ def test_killed_during_features_then_the_next_run_trains_and_scores(
 
     from tests.reliability.kill_target import lifecycle_job
 
-    run_until_killed(in_trained, permissive, moment)
-    assert not list((in_trained.home / "feast" / "offline").rglob("*.tmp"))  # atomic writes
-    os.environ["MLOPS_CONFIG"] = str(permissive)
     mlflow = MLflowResource()
-    before = mlflow.champion(in_trained.spec.model_name)
+    before = mlflow.champion(in_trained.spec.model_name)  # the shared state's champion
+    os.environ["MLOPS_CONFIG"] = str(permissive)
     try:
+        # online_features runs last: that child has promoted a new champion before it dies
+        run_until_killed(in_trained, permissive, moment)
+        assert not list((in_trained.home / "feast" / "offline").rglob("*.tmp"))  # atomic
         result = lifecycle_job().execute_in_process(
             partition_key=in_trained.trained_day.isoformat(), instance=DagsterInstance.get()
         )
