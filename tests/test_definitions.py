@@ -68,6 +68,7 @@ def test_graph_has_every_lifecycle_asset_and_blocking_checks():
             "batch_predictions",
             "drift_report",
             "model_performance",
+            "online_features",  # both specs have online_features: true
         )
     }
     checks = {(c.asset_key.to_user_string(), c.name): c for c in graph.asset_check_keys}
