@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -12,6 +13,24 @@ from mlops_resources.storage import disable_telemetry
 
 if TYPE_CHECKING:
     import pandas as pd
+
+
+def great_expectations() -> Any:
+    """The `great_expectations` module. Imported with a stand-in `__main__.__file__` when the
+    process has none (a multiprocessing child, `python -c`): with pyspark installed, GX imports
+    pyspark.sql.connect, whose dependency check exits such a process with status 0, taking it
+    for a doctest run, unless pyspark's connect extras are installed."""
+    main = sys.modules.get("__main__")
+    bare = main is not None and getattr(main, "__spec__", None) is None
+    bare = bare and not hasattr(main, "__file__") and not hasattr(sys, "ps1")
+    if bare:
+        main.__file__ = "<mlops-suite>"  # type: ignore[union-attr]
+    try:
+        import great_expectations as gx
+    finally:
+        if bare:
+            del main.__file__  # type: ignore[union-attr]
+    return gx
 
 
 @dataclass(frozen=True)
@@ -87,7 +106,7 @@ class GreatExpectationsResource(ConfigurableResource):
 
     def build_expectation(self, config: ExpectationConfig) -> Any:
         """The GX expectation object for a config; a clear error for an unknown name."""
-        import great_expectations as gx
+        gx = great_expectations()
 
         cls = getattr(gx.expectations, expectation_class_name(config.type), None)
         if cls is None or not config.type.startswith("expect_"):
@@ -107,7 +126,7 @@ class GreatExpectationsResource(ConfigurableResource):
         """Run the expectations on `df`: a pandas DataFrame, or with engine "spark" a Spark
         DataFrame (GX's Spark datasource computes every metric on the cluster)."""
         disable_telemetry()
-        import great_expectations as gx
+        gx = great_expectations()
         from great_expectations.data_context.types.base import ProgressBarsConfig
 
         context = gx.get_context(mode="ephemeral")
