@@ -227,7 +227,7 @@ def test_the_new_days_ran_once_each_one_run_at_a_time(switched_on):
     # The queue starts one run of a pipeline at a time (tag limit of the instance's yaml).
     tagged = sorted(
         (r for r in switched_on["new"] if r["pipeline"] == switched_on["spec"].name),
-        key=lambda r: r["start"],
+        key=lambda r: r["start"] or float("inf"),  # a queued run has not started
     )
     for earlier, later in zip(tagged, tagged[1:], strict=False):
         assert later["start"] >= earlier["end"], describe([earlier, later])
