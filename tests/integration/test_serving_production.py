@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from tests.integration.conftest import SECRET_VARS
-from tests.test_serving import ServingState, direct_scores, predict, running_server, served
+from tests.serving_support import ServingState, direct_scores, predict, running_server, served
 
 
 @pytest.fixture(scope="module")
