@@ -36,6 +36,7 @@ from mlops_assets.keys import (
     CHANGE_DAY_TAG,
     RETRAIN_JOB,
     ROLLBACK_JOB,
+    SENSOR_NAME_TAG,
     TRIGGER_TAG,
     Meta,
     asset_key,
@@ -345,7 +346,7 @@ class AlertReader:
         why = tags.get(TRIGGER_TAG) or "no mlops/trigger tag: launched by hand or by another tool"
         by = (
             f"sensor {tags['dagster/sensor_name']}"
-            if "dagster/sensor_name" in tags
+            if SENSOR_NAME_TAG in tags
             else f"schedule {tags['dagster/schedule_name']}"
             if "dagster/schedule_name" in tags
             else "a person or another tool"

@@ -16,11 +16,9 @@ from typing import Any
 from dagster import (
     AssetObservation,
     AssetRecordsFilter,
-    DagsterRunStatus,
     DefaultScheduleStatus,
     DefaultSensorStatus,
     RunRequest,
-    RunsFilter,
     SensorEvaluationContext,
     SensorResult,
     SkipReason,
@@ -42,21 +40,17 @@ from mlops_assets.keys import (
     RETRAIN_JOB,
     ROLLBACK_JOB,
     ROLLBACK_OP,
+    SENSOR_NAME_TAG,
     TRIGGER_TAG,
     Meta,
     asset_key,
     scoped_name,
 )
-from mlops_assets.ml.windows import label_cutoff, labels_due
+from mlops_assets.label_feedback import feedback_requests, waiting_for_feedback
+from mlops_assets.ml.windows import label_cutoff
 from mlops_assets.spec import PipelineSpec
 
 MAX_EVENTS_PER_TICK = 500
-IN_FLIGHT = [
-    DagsterRunStatus.QUEUED,
-    DagsterRunStatus.NOT_STARTED,
-    DagsterRunStatus.STARTING,
-    DagsterRunStatus.STARTED,
-]
 
 
 def source_signatures(spec: PipelineSpec) -> dict[str, str]:
@@ -202,79 +196,6 @@ def arrived_day(spec: PipelineSpec, signatures: dict[str, str]) -> date | None:
     return max(days, default=None)
 
 
-def feedback_requests(
-    context: SensorEvaluationContext, spec: PipelineSpec, lag: int, now: date | None
-) -> list[RunRequest]:
-    """model_performance for every scored day whose labels are due (delivered by `now`, the
-    newest arrived day) and not yet evaluated."""
-    validated = context.instance.get_materialized_partitions(asset_key(spec, "validated_data"))
-    if not validated or now is None:
-        return []
-    evaluated = context.instance.get_materialized_partitions(asset_key(spec, "model_performance"))
-    due = sorted(
-        p
-        for p in validated - evaluated
-        if labels_due(spec, partition_day(p), now) and batch_scored(context, spec, p)
-    )
-    return [
-        RunRequest(
-            run_key=f"{FEEDBACK_JOB}:{p}",
-            job_name=scoped_name(spec, FEEDBACK_JOB),
-            partition_key=p,
-            tags={TRIGGER_TAG: f"labels due ({lag} day(s) after the partition)"},
-        )
-        for p in due
-    ]
-
-
-def waiting_for_feedback(
-    context: SensorEvaluationContext, spec: PipelineSpec, feedback: list[RunRequest]
-) -> str | None:
-    """Why a new day must wait before it is scored, or None: delivered labels are evaluated,
-    and whatever retraining they call for is done, before the next day is served."""
-    if feedback:
-        return f"labels due for {[r.partition_key for r in feedback]}: evaluated first"
-    busy = [
-        run
-        for job_name in (FEEDBACK_JOB, RETRAIN_JOB, ROLLBACK_JOB)
-        for run in context.instance.get_runs(
-            filters=RunsFilter(job_name=scoped_name(spec, job_name), statuses=IN_FLIGHT),
-            limit=1,
-        )
-    ]
-    if busy:
-        return f"run {busy[0].run_id} ({busy[0].job_name}) in flight"
-    performance = asset_key(spec, "model_performance")
-    latest = context.instance.fetch_materializations(performance, limit=1)
-    if latest.records:
-        record = latest.records[0]
-        seen = context.instance.fetch_observations(
-            AssetRecordsFilter(
-                asset_key=performance,
-                asset_partitions=[record.partition_key],
-                after_storage_id=record.storage_id,
-            ),
-            limit=1,
-        )
-        if not seen.records:
-            return (
-                f"model_performance {record.partition_key} not yet read by "
-                f"{scoped_name(spec, DRIFT_SENSOR)}"
-            )
-    return None
-
-
-def batch_scored(context: SensorEvaluationContext, spec: PipelineSpec, partition: str) -> bool:
-    """Only days a champion scored have something to evaluate."""
-    records = context.instance.fetch_materializations(
-        AssetRecordsFilter(
-            asset_key=asset_key(spec, "batch_predictions"), asset_partitions=[partition]
-        ),
-        limit=1,
-    )
-    return bool(records.records)
-
-
 def build_drift_sensor(spec: PipelineSpec, retrain_job: Any, rollback_job: Any) -> Any:
     monitoring = spec.monitoring
     cooldown = monitoring.retrain_cooldown_days
@@ -382,7 +303,7 @@ def last_promotion_partition(context: SensorEvaluationContext, spec: PipelineSpe
         run = context.instance.get_run_by_id(record.run_id)
         if (
             run is not None
-            and run.tags.get("dagster/sensor_name") == sensor_name
+            and run.tags.get(SENSOR_NAME_TAG) == sensor_name
             and FOLLOWUP_TAG not in run.tags
         ):
             return record.partition_key

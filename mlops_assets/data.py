@@ -4,6 +4,7 @@ import glob
 import os
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from dagster import (
     AssetExecutionContext,
@@ -38,6 +39,17 @@ def daily_partitions(spec: PipelineSpec) -> DailyPartitionsDefinition:
         end_date=end.isoformat() if end else None,
         timezone="UTC",
     )
+
+
+def partitioned(spec: PipelineSpec, name: str) -> dict[str, Any]:
+    """The @asset arguments every daily asset of a pipeline shares: its name under the
+    pipeline's key prefix and group, and the daily partitions."""
+    return {
+        "name": name,
+        "key_prefix": spec.name,
+        "partitions_def": daily_partitions(spec),
+        "group_name": spec.name,
+    }
 
 
 def partition_day(partition_key: str) -> date:
@@ -137,10 +149,7 @@ def read_partition(spec: PipelineSpec, day: date) -> tuple[Frame, list[Path]]:
 
 def build_raw_data(spec: PipelineSpec) -> AssetsDefinition:
     @asset(
-        name="raw_data",
-        key_prefix=spec.name,
-        partitions_def=daily_partitions(spec),
-        group_name=spec.name,
+        **partitioned(spec, "raw_data"),
         description=f"Rows of {spec.name} read from {spec.source.path}, one UTC day a partition.",
         kinds={"pandas", "parquet" if spec.source.path.endswith("parquet") else "csv"},
     )

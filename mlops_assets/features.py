@@ -20,9 +20,9 @@ from dagster import (
 
 from mlops_assets.data import (
     content_hash,
-    daily_partitions,
     newest_arrived_day,
     partition_day,
+    partitioned,
     table_schema,
 )
 from mlops_assets.frames import Frame
@@ -31,6 +31,7 @@ from mlops_assets.labels import LabelSourceError, label_row_count, read_labels
 from mlops_assets.memory_bound import require_fits
 from mlops_assets.ml.dataset import SPLIT_COLUMN, WEIGHT_COLUMN
 from mlops_assets.ml.windows import (
+    TrainingWindow,
     choose_window,
     holdout_mask,
     label_cutoff,
@@ -51,11 +52,9 @@ def feature_refs(spec: PipelineSpec) -> list[str]:
 
 def feast_definitions(spec: PipelineSpec, feast: FeastResource) -> list[Any]:
     """Entity and feature view derived from the spec, reading the offline Parquet folder."""
-    from feast import Entity, FeatureView, Field, FileSource, ValueType
+    from feast import FileSource
     from feast.data_format import ParquetFormat
-    from feast.types import Float64, String
 
-    entity = Entity(name=spec.entity_key, join_keys=[spec.entity_key], value_type=ValueType.STRING)
     source = FileSource(
         name=f"{spec.name}_source",
         path=str(offline_folder(spec, feast)),
@@ -63,6 +62,15 @@ def feast_definitions(spec: PipelineSpec, feast: FeastResource) -> list[Any]:
         file_format=ParquetFormat(),
         timestamp_field=spec.timestamp,
     )
+    return entity_and_view(spec, source)
+
+
+def entity_and_view(spec: PipelineSpec, source: Any) -> list[Any]:
+    """The spec's Feast entity and its feature view over `source` (a Feast data source)."""
+    from feast import Entity, FeatureView, Field, ValueType
+    from feast.types import Float64, String
+
+    entity = Entity(name=spec.entity_key, join_keys=[spec.entity_key], value_type=ValueType.STRING)
     view = FeatureView(
         name=feature_view_name(spec),
         entities=[entity],
@@ -104,11 +112,8 @@ FEAST_WRITE_POOL = "feast_registry"
 
 def build_features(spec: PipelineSpec) -> AssetsDefinition:
     @asset(
-        name="features",
-        key_prefix=spec.name,
+        **partitioned(spec, "features"),
         ins=asset_ins(spec, "validated_data"),
-        partitions_def=daily_partitions(spec),
-        group_name=spec.name,
         description="Feast feature view for the spec's features: the day's rows in the offline "
         "store (the online store is written by online_features, when the spec asks for it).",
         kinds={"feast"},
@@ -143,10 +148,7 @@ def build_online_features(spec: PipelineSpec) -> AssetsDefinition:
     run it is the last step to start among those ready (priority -1)."""
 
     @asset(
-        name="online_features",
-        key_prefix=spec.name,
-        partitions_def=daily_partitions(spec),
-        group_name=spec.name,
+        **partitioned(spec, "online_features"),
         deps=[asset_key(spec, "features")],
         description="The day's newest feature values per entity in the Feast online store, "
         "written from the offline file with Feast's write_to_online_store in batches.",
@@ -229,23 +231,71 @@ def delivered_labels(spec: PipelineSpec, day: date, offline_file: Path) -> Frame
     return pd.read_parquet(offline_file, columns=[spec.entity_key, spec.timestamp, spec.label])
 
 
+def window_dep(spec: PipelineSpec) -> AssetDep:
+    """training_set's dependency on the `features` days of its training window."""
+    return AssetDep(
+        asset_key(spec, "features"),
+        partition_mapping=TimeWindowPartitionMapping(
+            start_offset=-(spec.model.training_window_days - 1),
+            allow_nonexistent_upstream_partitions=True,
+        ),
+    )
+
+
+def training_output(
+    partition_key: str,
+    spec: PipelineSpec,
+    df: Frame,
+    window: TrainingWindow,
+    cutoff: date,
+    **metadata: Any,
+) -> Output[Frame]:
+    """The joined rows of a training window, ordered, split (the newest rows are the holdout
+    the gate judges on), weighted, versioned by content and described for the UI."""
+    df = df.sort_values([spec.timestamp, spec.entity_key]).reset_index(drop=True)
+    row_days = df[spec.timestamp].dt.date
+    holdout = holdout_mask(spec, row_days, df[spec.timestamp], window.days)
+    if holdout.all() or not holdout.any():
+        raise Failure(
+            f"training_set {partition_key}: need rows both to train on and to hold "
+            f"out; {window.reason} gave {len(df)} rows of {[str(d) for d in window.days]}"
+        )
+    df[SPLIT_COLUMN] = holdout.map({True: "holdout", False: "train"})
+    df[WEIGHT_COLUMN] = (
+        recency_weights(row_days, cutoff, spec.model.window.half_life_days)
+        if window.weighted
+        else 1.0
+    )
+    version = content_hash(df)
+    counts = df[SPLIT_COLUMN].value_counts().to_dict()
+    judged_on = sorted({str(d) for d in row_days[holdout]})
+    return Output(
+        df,
+        data_version=DataVersion(version),
+        metadata={
+            "dagster/row_count": len(df),
+            "dagster/column_schema": table_schema(df),
+            "content_hash": version,
+            "train_rows": int(counts.get("train", 0)),
+            "holdout_rows": int(counts.get("holdout", 0)),
+            "label_cutoff": cutoff.isoformat(),
+            "window_policy": window.policy,
+            "window_reason": window.reason,
+            "change_day": window.change_day.isoformat() if window.change_day else "none",
+            "days_used": MetadataValue.json([d.isoformat() for d in window.days]),
+            "holdout_days": MetadataValue.json(judged_on),
+            **metadata,
+        },
+    )
+
+
 def build_training_set(spec: PipelineSpec) -> AssetsDefinition:
     size = spec.model.training_window_days
     lag = spec.monitoring.performance.label_delay_days
 
     @asset(
-        name="training_set",
-        key_prefix=spec.name,
-        partitions_def=daily_partitions(spec),
-        group_name=spec.name,
-        deps=[
-            AssetDep(
-                asset_key(spec, "features"),
-                partition_mapping=TimeWindowPartitionMapping(
-                    start_offset=-(size - 1), allow_nonexistent_upstream_partitions=True
-                ),
-            )
-        ],
+        **partitioned(spec, "training_set"),
+        deps=[window_dep(spec)],
         description=f"Labelled rows whose labels are delivered ({lag} day(s) after their day) "
         f"by the newest arrived day, at most {size} days up to the partition, chosen by the "
         f"'{spec.model.window.policy}' window policy; features joined point-in-time from Feast; "
@@ -262,7 +312,10 @@ def build_training_set(spec: PipelineSpec) -> AssetsDefinition:
         if spec.labels is None:
             rows_by_day = {d: pq.read_metadata(f).num_rows for d, f in files.items() if f.exists()}
         else:  # delivered label files whose day has feature rows
-            counts = {d: label_row_count(spec, d) for d, f in files.items() if f.exists()}
+            try:
+                counts = {d: label_row_count(spec, d) for d, f in files.items() if f.exists()}
+            except LabelSourceError as exc:
+                raise Failure(f"training_set {context.partition_key}: {exc}") from None
             rows_by_day = {d: n for d, n in counts.items() if n}
         if not rows_by_day:
             raise Failure(
@@ -289,39 +342,6 @@ def build_training_set(spec: PipelineSpec) -> AssetsDefinition:
             f"of {window.days[0]}..{window.days[-1]}"
         )
         df = feast.historical_features(labels, feature_refs(spec))
-        df = df.sort_values([spec.timestamp, spec.entity_key]).reset_index(drop=True)
-        row_days = df[spec.timestamp].dt.date
-        holdout = holdout_mask(spec, row_days, df[spec.timestamp], window.days)
-        if holdout.all() or not holdout.any():
-            raise Failure(
-                f"training_set {context.partition_key}: need rows both to train on and to hold "
-                f"out; {window.reason} gave {len(df)} rows of {[str(d) for d in window.days]}"
-            )
-        df[SPLIT_COLUMN] = holdout.map({True: "holdout", False: "train"})
-        df[WEIGHT_COLUMN] = (
-            recency_weights(row_days, cutoff, spec.model.window.half_life_days)
-            if window.weighted
-            else 1.0
-        )
-        version = content_hash(df)
-        counts = df[SPLIT_COLUMN].value_counts().to_dict()
-        judged_on = sorted({str(d) for d in row_days[holdout]})
-        return Output(
-            df,
-            data_version=DataVersion(version),
-            metadata={
-                "dagster/row_count": len(df),
-                "dagster/column_schema": table_schema(df),
-                "content_hash": version,
-                "train_rows": int(counts.get("train", 0)),
-                "holdout_rows": int(counts.get("holdout", 0)),
-                "label_cutoff": cutoff.isoformat(),
-                "window_policy": window.policy,
-                "window_reason": window.reason,
-                "change_day": window.change_day.isoformat() if window.change_day else "none",
-                "days_used": MetadataValue.json([d.isoformat() for d in window.days]),
-                "holdout_days": MetadataValue.json(judged_on),
-            },
-        )
+        return training_output(context.partition_key, spec, df, window, cutoff)
 
     return training_set

@@ -32,13 +32,12 @@ from mlops_assets.keys import (
     DRIFT_SENSOR,
     FOLLOWUP_TAG,
     RETRAIN_JOB,
+    SENSOR_NAME_TAG,
     TRIGGER_TAG,
     asset_key,
     scoped_name,
 )
 from mlops_assets.spec import PipelineSpec
-
-SENSOR_NAME_TAG = "dagster/sensor_name"
 
 
 def latest_change_run(context: SensorEvaluationContext, spec: PipelineSpec) -> Any | None:

@@ -24,6 +24,7 @@ from mlops_assets.keys import (
     ACTION_TAG,
     ACTION_VERSION_TAG,
     AUDIT_ACTIONS,
+    SENSOR_NAME_TAG,
     asset_key,
     audit_tag,
 )
@@ -75,7 +76,7 @@ def lineage(
     days = [d.isoformat() for d in days]
     return {
         "partition": context.partition_key,
-        "dagster_run_id": context.run_id,
+        "dagster_run_id": context.run.run_id,
         "data_versions": {
             "training_set": training_version or content_hash(training_set),
             "features": upstream_data_versions(context, spec, "features", days),
@@ -150,7 +151,7 @@ def governance_metadata(report: dict[str, Any], card: str) -> dict[str, Any]:
 
 def triggered_by(run_tags: Mapping[str, str]) -> str:
     """Who or what started a Dagster run: its sensor, schedule, automation, backfill or user."""
-    if run_tags.get("dagster/sensor_name"):
+    if run_tags.get(SENSOR_NAME_TAG):
         return f"sensor:{run_tags['dagster/sensor_name']}"
     if run_tags.get("dagster/schedule_name"):
         return f"schedule:{run_tags['dagster/schedule_name']}"
@@ -174,7 +175,7 @@ def audit_tags(context: Any, action: str, reason: str) -> dict[str, str]:
     return {
         audit_tag(action, "by"): triggered_by(context.run.tags),
         audit_tag(action, "at"): datetime.now(UTC).isoformat(timespec="seconds"),
-        audit_tag(action, "run_id"): context.run_id,
+        audit_tag(action, "run_id"): context.run.run_id,
         audit_tag(action, "reason"): reason[:4000],
     }
 
@@ -188,7 +189,7 @@ def record_audit(
     tags = audit_tags(context, action, reason)
     mlflow.tag_version(name, version, tags)
     context.instance.add_run_tags(
-        context.run_id,
+        context.run.run_id,
         {
             ACTION_TAG: action,
             ACTION_VERSION_TAG: f"{name}/{version}",

@@ -3,7 +3,7 @@ through Feast."""
 
 from dagster import AssetExecutionContext, AssetsDefinition, MetadataValue, Output, asset
 
-from mlops_assets.data import daily_partitions
+from mlops_assets.data import partitioned
 from mlops_assets.features import feature_refs
 from mlops_assets.frames import Frame
 from mlops_assets.keys import SHADOW_TAG, Meta, asset_ins, asset_key
@@ -71,20 +71,41 @@ def shadow_score(
     }
 
 
+def batch_predictions_args(spec: PipelineSpec, description: str, kinds: set[str]) -> dict:
+    """The @asset arguments of batch_predictions: the day's validated rows in, after the
+    promotion decision and the features; no output while there is no champion."""
+    return {
+        **partitioned(spec, "batch_predictions"),
+        "ins": asset_ins(spec, "validated_data"),
+        "deps": [asset_key(spec, "model_promotion"), asset_key(spec, "features")],
+        "output_required": False,
+        "description": description + " Not materialized while no champion exists.",
+        "kinds": kinds,
+        "retry_policy": MLFLOW_RETRY_POLICY,
+    }
+
+
+def current_champion(
+    context: AssetExecutionContext, mlflow: MLflowResource, spec: PipelineSpec
+) -> str | None:
+    """The champion version to score with, or None (logged) while there is none."""
+    champion = mlflow.champion(spec.model_name)
+    if champion is None:
+        context.log.warning(
+            f"no champion for {spec.model_name} yet: nothing scored for {context.partition_key}"
+        )
+    return champion
+
+
 def build_batch_predictions(spec: PipelineSpec) -> AssetsDefinition:
     @asset(
-        name="batch_predictions",
-        key_prefix=spec.name,
-        ins=asset_ins(spec, "validated_data"),
-        partitions_def=daily_partitions(spec),
-        group_name=spec.name,
-        deps=[asset_key(spec, "model_promotion"), asset_key(spec, "features")],
-        output_required=False,
-        description="The partition's rows scored by the current champion (loaded from the "
-        "registry by alias), with features read through Feast; a challenger, while one exists, "
-        "is scored beside it (shadow). Not materialized while no champion exists.",
-        kinds={"mlflow", "feast", "pandas"},
-        retry_policy=MLFLOW_RETRY_POLICY,
+        **batch_predictions_args(
+            spec,
+            "The partition's rows scored by the current champion (loaded from the registry by "
+            "alias), with features read through Feast; a challenger, while one exists, is "
+            "scored beside it (shadow).",
+            {"mlflow", "feast", "pandas"},
+        )
     )
     def batch_predictions(
         context: AssetExecutionContext,
@@ -92,11 +113,8 @@ def build_batch_predictions(spec: PipelineSpec) -> AssetsDefinition:
         feast: FeastResource,
         validated_data: Frame,
     ):
-        champion = mlflow.champion(spec.model_name)
+        champion = current_champion(context, mlflow, spec)
         if champion is None:
-            context.log.warning(
-                f"no champion for {spec.model_name} yet: nothing scored for {context.partition_key}"
-            )
             return
         entities = validated_data[[spec.entity_key, spec.timestamp]]
         rows = feast.historical_features(entities, feature_refs(spec))

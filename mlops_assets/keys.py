@@ -9,6 +9,8 @@ if TYPE_CHECKING:
     from dagster import AssetIn, AssetKey
 
 # Dagster run tags
+RUN_KEY_TAG = "dagster/run_key"  # Dagster's own: the run_key of a sensor's request
+SENSOR_NAME_TAG = "dagster/sensor_name"  # Dagster's own: the sensor that launched the run
 TRIGGER_TAG = "mlops/trigger"  # why a sensor or schedule launched the run
 CHANGE_DAY_TAG = "mlops/change_day"  # the change a retraining adapts to (since_change window)
 ALARM_PARTITION_TAG = "mlops/alarm_partition"  # the partition whose evidence raised the alarm

@@ -9,7 +9,7 @@ from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mlops_assets.data import day_bounds, read_file
+from mlops_assets.data import DATA_ROOTS_VAR, SourceError, data_roots, day_bounds, read_file
 from mlops_assets.frames import Frame
 from mlops_assets.spec import PipelineSpec
 
@@ -28,6 +28,28 @@ def labels_file(spec: PipelineSpec, day: date) -> Path:
     return Path(spec.labels_pattern().replace("{date}", day.isoformat()))
 
 
+def inside_data_roots(spec: PipelineSpec, path: Path) -> Path:
+    """`path`, refused unless it resolves (links followed) inside a data root, as source
+    files are (mlops_assets.data.source_files)."""
+    roots = data_roots(spec)
+    if not any(path.resolve().is_relative_to(root) for root in roots):
+        raise LabelSourceError(
+            f"{path}: outside the allowed data roots {[str(r) for r in roots]}; "
+            f"add its folder to {DATA_ROOTS_VAR} to read it"
+        )
+    return path
+
+
+def label_signature(spec: PipelineSpec, day: date) -> str | None:
+    """The delivered label file of `day` as "mtime:size" (a new delivery changes it), or None
+    while it has not arrived."""
+    try:
+        stat = labels_file(spec, day).stat()
+    except OSError:
+        return None
+    return f"{stat.st_mtime_ns}:{stat.st_size}"
+
+
 def label_row_count(spec: PipelineSpec, day: date) -> int:
     """Rows in `day`'s label file, 0 when it has not arrived (Parquet: from the footer)."""
     path = labels_file(spec, day)
@@ -36,7 +58,11 @@ def label_row_count(spec: PipelineSpec, day: date) -> int:
     if path.suffix.lower() == ".parquet" or (spec.labels and spec.labels.format == "parquet"):
         import pyarrow.parquet as pq
 
-        return pq.read_metadata(path).num_rows
+        inside_data_roots(spec, path)
+        try:
+            return pq.read_metadata(path).num_rows
+        except (OSError, ValueError) as exc:  # pyarrow's errors do not name the file
+            raise LabelSourceError(f"{path}: not a readable Parquet label file ({exc})") from exc
     return len(read_labels(spec, day))
 
 
@@ -54,7 +80,11 @@ def read_labels(spec: PipelineSpec, day: date) -> Frame:
             "day(s) after its events"
         )
     assert spec.labels is not None
-    frame = read_file(spec, path, source=spec.labels)
+    inside_data_roots(spec, path)
+    try:
+        frame = read_file(spec, path, source=spec.labels)
+    except SourceError as exc:
+        raise LabelSourceError(str(exc)) from exc
     columns = [spec.entity_key, spec.timestamp, spec.label]
     missing = [c for c in columns if c not in frame.columns]
     if missing:

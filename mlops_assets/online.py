@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from dagster import AssetExecutionContext, AssetsDefinition, MaterializeResult, MetadataValue, asset
 
-from mlops_assets.data import daily_partitions, partition_day
+from mlops_assets.data import partition_day, partitioned
 from mlops_assets.frames import Frame
 from mlops_assets.serving.request_log import request_log_folder
 from mlops_assets.spec import PREDICTION_COLUMN, PipelineSpec, Task
@@ -163,10 +163,7 @@ def traffic_summary(spec: PipelineSpec, online: "Frame") -> dict[str, Any]:
 
 def build_online_predictions(spec: PipelineSpec) -> AssetsDefinition:
     @asset(
-        name="online_predictions",
-        key_prefix=spec.name,
-        partitions_def=daily_partitions(spec),
-        group_name=spec.name,
+        **partitioned(spec, "online_predictions"),
         description="A day of online traffic: every row `python -m mlops_assets serve` answered "
         "(entity, features used, version, prediction, the challenger's shadow prediction, "
         "latency), from its Parquet request log. model_performance scores it on the day's "

@@ -14,6 +14,7 @@ from mlops_assets.automation import (
 )
 from mlops_assets.code_versions import with_code_versions
 from mlops_assets.data import build_raw_data
+from mlops_assets.drift import build_drift_report
 from mlops_assets.features import build_features, build_online_features, build_training_set
 from mlops_assets.inference import build_batch_predictions
 from mlops_assets.keys import (
@@ -25,7 +26,7 @@ from mlops_assets.keys import (
     asset_key,
     scoped_name,
 )
-from mlops_assets.monitoring import build_drift_report, build_model_performance
+from mlops_assets.monitoring import build_model_performance
 from mlops_assets.online import build_online_predictions
 from mlops_assets.promotion import build_model_promotion, build_rollback_job
 from mlops_assets.registry_commands import build_retirement_job

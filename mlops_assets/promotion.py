@@ -21,7 +21,7 @@ from dagster import (
 from pydantic import Field
 
 from mlops_assets.alias_moves import move_champion_audited, repair_interrupted_moves
-from mlops_assets.data import daily_partitions
+from mlops_assets.data import partitioned
 from mlops_assets.frames import Frame
 from mlops_assets.governance import publish_model_card
 from mlops_assets.keys import (
@@ -108,11 +108,8 @@ def build_model_promotion(spec: PipelineSpec) -> AssetsDefinition:
     directions = METRICS_BY_TASK[spec.task]
 
     @asset(
-        name="model_promotion",
-        key_prefix=spec.name,
+        **partitioned(spec, "model_promotion"),
         ins=asset_ins(spec, "candidate_model", "training_set"),
-        partitions_def=daily_partitions(spec),
-        group_name=spec.name,
         description="Champion/challenger gate: evaluates candidate and champion on the same "
         "holdout; only a blessed candidate moves the `champion` alias (compare-and-set).",
         check_specs=[

@@ -13,11 +13,17 @@ from typing import Any
 
 from dagster import DagsterInstance, Definitions, RunRequest, RunsFilter, build_sensor_context
 
-from mlops_assets.keys import DAILY_JOB, DRIFT_SENSOR, NEW_DATA_SENSOR, base_name, scoped_name
+from mlops_assets.keys import (
+    DAILY_JOB,
+    DRIFT_SENSOR,
+    NEW_DATA_SENSOR,
+    RUN_KEY_TAG,
+    SENSOR_NAME_TAG,
+    base_name,
+    scoped_name,
+)
 from mlops_assets.spec import PipelineSpec
 
-RUN_KEY_TAG = "dagster/run_key"
-SENSOR_TAG = "dagster/sensor_name"
 MAX_ROUNDS_PER_DAY = 6
 
 
@@ -42,7 +48,7 @@ class SensorTicker:
 
 def already_launched(instance: DagsterInstance, sensor: str, run_key: str) -> bool:
     runs = instance.get_runs(
-        filters=RunsFilter(tags={RUN_KEY_TAG: run_key, SENSOR_TAG: sensor}), limit=1
+        filters=RunsFilter(tags={RUN_KEY_TAG: run_key, SENSOR_NAME_TAG: sensor}), limit=1
     )
     return bool(runs)
 
@@ -59,7 +65,7 @@ def launch(
     if request.run_key and already_launched(instance, sensor, request.run_key):
         return None
     job = defs.resolve_job_def(request.job_name)
-    tags = {**request.tags, SENSOR_TAG: sensor}
+    tags = {**request.tags, SENSOR_NAME_TAG: sensor}
     if request.run_key:
         tags[RUN_KEY_TAG] = request.run_key
     started = time.monotonic()

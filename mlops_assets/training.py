@@ -14,7 +14,7 @@ from dagster import (
     asset,
 )
 
-from mlops_assets.data import daily_partitions
+from mlops_assets.data import partitioned
 from mlops_assets.frames import Frame
 from mlops_assets.governance import governance_metadata, log_governance, publish_model_card
 from mlops_assets.keys import (
@@ -99,11 +99,8 @@ def build_candidate_model(spec: PipelineSpec) -> AssetsDefinition:
     kind = model_kind(spec)
 
     @asset(
-        name="candidate_model",
-        key_prefix=spec.name,
+        **partitioned(spec, "candidate_model"),
         ins=asset_ins(spec, "training_set"),
-        partitions_def=daily_partitions(spec),
-        group_name=spec.name,
         description=f"A {spec.model.kind} model trained on training_set, logged to MLflow and "
         f"registered as a new version of {spec.model_name}.",
         check_specs=[
@@ -131,7 +128,7 @@ def build_candidate_model(spec: PipelineSpec) -> AssetsDefinition:
         X_hold, y_hold = split(training_set, spec, "holdout")
         with mlflow.start_run(
             run_name=f"{spec.name}-{context.partition_key}",
-            tags={"dagster.run_id": context.run_id, "dagster.partition": context.partition_key},
+            tags={"dagster.run_id": context.run.run_id, "dagster.partition": context.partition_key},
         ) as run:
             model = train_model(
                 spec,
@@ -189,7 +186,7 @@ def build_candidate_model(spec: PipelineSpec) -> AssetsDefinition:
             {
                 KIND_TAG: spec.model.kind,
                 PARTITION_TAG: context.partition_key,
-                RUN_ID_TAG: context.run_id,
+                RUN_ID_TAG: context.run.run_id,
                 **window_tags(context, spec),
                 **lineage_tags(report),
             },

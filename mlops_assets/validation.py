@@ -1,7 +1,8 @@
 """Validation stage: validated_data, gated by a blocking Great Expectations suite."""
 
+from collections.abc import Iterator
 from datetime import date, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from dagster import (
     AssetCheckResult,
@@ -13,14 +14,15 @@ from dagster import (
     Failure,
     MetadataValue,
     Output,
+    TableSchema,
     asset,
 )
 
 from mlops_assets.data import (
     content_hash,
-    daily_partitions,
     day_bounds,
     partition_day,
+    partitioned,
     source_files,
     table_schema,
 )
@@ -209,53 +211,70 @@ def check_result(outcome: ValidationOutcome, source: str) -> AssetCheckResult:
     )
 
 
+def gx_check_spec(spec: PipelineSpec, description: str) -> AssetCheckSpec:
+    """The blocking GX check on validated_data."""
+    return AssetCheckSpec(
+        GX_CHECK, asset=asset_key(spec, "validated_data"), blocking=True, description=description
+    )
+
+
+def check_extra_expectations(gx: GreatExpectationsResource, spec: PipelineSpec) -> None:
+    """Refuse, naming the spec entry, any `expectations:` entry GX cannot build."""
+    for index, extra in enumerate(spec.expectations):
+        try:
+            gx.build_expectation(ExpectationConfig(extra.type, dict(extra.kwargs)))
+        except ValueError as exc:
+            raise Failure(f"pipeline spec {spec.spec_path}: expectations.{index}: {exc}") from exc
+
+
+def validated_outputs(
+    context: AssetExecutionContext,
+    spec: PipelineSpec,
+    day: date,
+    df: Any,
+    outcome: ValidationOutcome,
+    version: str,
+    rows: int,
+    schema: TableSchema,
+    **metadata: Any,
+) -> Iterator[Output[Any] | AssetCheckResult]:
+    """validated_data's value (typed rows, pandas or Spark) and its GX check result."""
+    yield Output(
+        df,
+        data_version=DataVersion(version),
+        metadata={
+            "dagster/row_count": rows,
+            "dagster/column_schema": schema,
+            "content_hash": version,
+            "valid": outcome.success,
+            **metadata,
+        },
+    )
+    files = ", ".join(str(f) for f in source_files(spec, day))
+    result = check_result(outcome, source=f"{files} [{day}]")
+    if not outcome.success:
+        context.log.error(f"validation failed for {day}: {result.description}")
+    yield result
+
+
 def build_validated_data(spec: PipelineSpec) -> AssetsDefinition:
     @asset(
-        name="validated_data",
-        key_prefix=spec.name,
+        **partitioned(spec, "validated_data"),
         ins=asset_ins(spec, "raw_data"),
-        partitions_def=daily_partitions(spec),
-        group_name=spec.name,
         description="raw_data with the spec's types applied; the GX suite gates everything "
         "downstream (blocking check).",
-        check_specs=[
-            AssetCheckSpec(
-                GX_CHECK,
-                asset=asset_key(spec, "validated_data"),
-                blocking=True,
-                description="Great Expectations suite built from the pipeline spec.",
-            )
-        ],
+        check_specs=[gx_check_spec(spec, "Great Expectations suite built from the pipeline spec.")],
         kinds={"pandas", "great_expectations"},
     )
     def validated_data(
         context: AssetExecutionContext, gx: GreatExpectationsResource, raw_data: Frame
     ):
         day = partition_day(context.partition_key)
-        for index, extra in enumerate(spec.expectations):
-            try:
-                gx.build_expectation(ExpectationConfig(extra.type, dict(extra.kwargs)))
-            except ValueError as exc:
-                raise Failure(
-                    f"pipeline spec {spec.spec_path}: expectations.{index}: {exc}"
-                ) from exc
+        check_extra_expectations(gx, spec)
         df = standardize(raw_data, spec)
         outcome = gx.validate(df, f"{spec.name}_{day:%Y%m%d}", build_expectations(spec, day))
-        version = content_hash(df)
-        yield Output(
-            df,
-            data_version=DataVersion(version),
-            metadata={
-                "dagster/row_count": len(df),
-                "dagster/column_schema": table_schema(df),
-                "content_hash": version,
-                "valid": outcome.success,
-            },
+        yield from validated_outputs(
+            context, spec, day, df, outcome, content_hash(df), len(df), table_schema(df)
         )
-        files = ", ".join(str(f) for f in source_files(spec, day))
-        result = check_result(outcome, source=f"{files} [{day}]")
-        if not outcome.success:
-            context.log.error(f"validation failed for {day}: {result.description}")
-        yield result
 
     return validated_data

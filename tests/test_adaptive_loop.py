@@ -14,6 +14,7 @@ import yaml
 from dagster import AssetMaterialization, DagsterInstance, instance_for_test
 
 from mlops_assets.demo_data import DRIFT_START, generate_day
+from mlops_assets.drift import drift_tests
 from mlops_assets.features import SPLIT_COLUMN, WEIGHT_COLUMN
 from mlops_assets.keys import (
     ALARM_PARTITION_TAG,
@@ -29,7 +30,6 @@ from mlops_assets.ml.evaluation import evaluate
 from mlops_assets.ml.gate import decide
 from mlops_assets.ml.model_kinds import train_model
 from mlops_assets.ml.windows import choose_window, holdout_mask
-from mlops_assets.monitoring import drift_tests
 from mlops_assets.pipeline import build_definitions
 from mlops_assets.spec import DEMO_SPEC_PATH, METRICS_BY_TASK, load_spec
 from mlops_resources.drift_detection import EvidentlyResource

@@ -118,3 +118,65 @@ def test_a_label_path_needs_a_date_and_the_pandas_engine(tmp_path):
         load_spec(label_spec(tmp_path, labels={"path": "labels.parquet"}))
     with pytest.raises(SpecError, match="labels: a label source is not supported with engine"):
         load_spec(label_spec(tmp_path, engine="spark"))
+
+
+def test_late_or_failed_label_feedback_never_stops_new_days(home, tmp_path):
+    """A label file that is due but absent, or whose label_feedback run failed, does not hold
+    the next days' scoring; its arrival (or a new delivery) requests label_feedback once."""
+    import os
+
+    from dagster import (
+        AssetMaterialization,
+        DagsterRun,
+        DagsterRunStatus,
+        build_sensor_context,
+    )
+
+    from mlops_assets.keys import DAILY_JOB, NEW_DATA_SENSOR, RUN_KEY_TAG, scoped_name
+    from mlops_assets.pipeline import build_definitions
+
+    spec_path = label_spec(tmp_path)
+    spec = load_spec(spec_path)
+    for day in DAYS[:3]:
+        write_day(tmp_path, day)
+    label_file = tmp_path / "labels" / f"labels_{DAYS[0].isoformat()}.parquet"
+    delivered = label_file.read_bytes()
+    label_file.unlink()  # 01-01's labels are due (01-03 has arrived) but late
+    defs = build_definitions(spec)
+    sensor = defs.resolve_sensor_def(scoped_name(spec, NEW_DATA_SENSOR))
+    feedback_job, daily_job = scoped_name(spec, FEEDBACK_JOB), scoped_name(spec, DAILY_JOB)
+    write_instance_yaml(home / "dagster")
+    instance = DagsterInstance.get()
+    for asset in ("validated_data", "batch_predictions"):  # 01-01 was scored
+        instance.report_runless_asset_event(
+            AssetMaterialization(asset_key(spec, asset), partition=DAYS[0].isoformat())
+        )
+
+    def tick() -> list:
+        with build_sensor_context(instance=instance, definitions=defs) as context:
+            result = sensor.evaluate_tick(context)
+        return [(r.job_name, r.partition_key, r.run_key) for r in result.run_requests or []]
+
+    requested = tick()
+    assert {r[:2] for r in requested} == {(daily_job, d.isoformat()) for d in DAYS[:3]}
+
+    label_file.write_bytes(delivered)  # it arrives: requested once, before the next days
+    [(job, partition, run_key)] = tick()
+    assert (job, partition) == (feedback_job, DAYS[0].isoformat())
+    stat = label_file.stat()
+    assert run_key == f"{FEEDBACK_JOB}:{DAYS[0].isoformat()}:{stat.st_mtime_ns}:{stat.st_size}"
+
+    instance.add_run(  # its run failed (as a broken label file makes it fail)
+        DagsterRun(
+            job_name=feedback_job,
+            run_id="feedback-failed",
+            status=DagsterRunStatus.FAILURE,
+            tags={RUN_KEY_TAG: run_key},
+        )
+    )
+    requested = tick()
+    assert {r[:2] for r in requested} == {(daily_job, d.isoformat()) for d in DAYS[:3]}
+
+    os.utime(label_file, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # delivered again
+    [(job, partition, again)] = tick()
+    assert (job, partition) == (feedback_job, DAYS[0].isoformat()) and again != run_key

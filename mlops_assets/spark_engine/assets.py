@@ -8,7 +8,6 @@ the executors). pandas assets downstream (model_performance) read those tables a
 from typing import TYPE_CHECKING, Any
 
 from dagster import (
-    AssetCheckSpec,
     AssetExecutionContext,
     AssetsDefinition,
     DagsterType,
@@ -23,16 +22,16 @@ from dagster import (
     asset,
 )
 
-from mlops_assets.data import SourceError, daily_partitions, partition_day, source_files
+from mlops_assets.data import SourceError, partition_day, partitioned
 from mlops_assets.features import FEAST_WRITE_POOL, feature_view_name
 from mlops_assets.keys import asset_ins, asset_key
 from mlops_assets.spark_engine import offline, reading
 from mlops_assets.spark_engine import validation as spark_validation
 from mlops_assets.spec import PipelineSpec
-from mlops_assets.validation import GX_CHECK, check_result
+from mlops_assets.validation import check_extra_expectations, gx_check_spec, validated_outputs
 from mlops_resources.feast_store import FeastResource
 from mlops_resources.spark import SPARK_IO_MANAGER, SparkResource
-from mlops_resources.validation import ExpectationConfig, GreatExpectationsResource
+from mlops_resources.validation import GreatExpectationsResource
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame
@@ -78,10 +77,7 @@ def spark_schema(df: "DataFrame") -> TableSchema:
 
 def build_spark_raw_data(spec: PipelineSpec) -> AssetsDefinition:
     @asset(
-        name="raw_data",
-        key_prefix=spec.name,
-        partitions_def=daily_partitions(spec),
-        group_name=spec.name,
+        **partitioned(spec, "raw_data"),
         description=f"Rows of {spec.name} read by Spark from {spec.source.path}, one UTC day a "
         "partition (engine: spark).",
         kinds={"spark", "parquet" if spec.source.path.endswith("parquet") else "csv"},
@@ -113,20 +109,12 @@ def build_spark_raw_data(spec: PipelineSpec) -> AssetsDefinition:
 
 def build_spark_validated_data(spec: PipelineSpec) -> AssetsDefinition:
     @asset(
-        name="validated_data",
-        key_prefix=spec.name,
+        **partitioned(spec, "validated_data"),
         ins=asset_ins(spec, "raw_data"),
-        partitions_def=daily_partitions(spec),
-        group_name=spec.name,
         description="raw_data with the spec's types applied by Spark; the GX suite, run on the "
         "Spark DataFrame, gates everything downstream (blocking check).",
         check_specs=[
-            AssetCheckSpec(
-                GX_CHECK,
-                asset=asset_key(spec, "validated_data"),
-                blocking=True,
-                description="Great Expectations suite built from the pipeline spec (on Spark).",
-            )
+            gx_check_spec(spec, "Great Expectations suite built from the pipeline spec (on Spark).")
         ],
         kinds={"spark", "great_expectations"},
         io_manager_key=SPARK_IO_MANAGER,
@@ -136,44 +124,22 @@ def build_spark_validated_data(spec: PipelineSpec) -> AssetsDefinition:
         context: AssetExecutionContext, gx: GreatExpectationsResource, raw_data: Any
     ):
         day = partition_day(context.partition_key)
-        for index, extra in enumerate(spec.expectations):
-            try:
-                gx.build_expectation(ExpectationConfig(extra.type, dict(extra.kwargs)))
-            except ValueError as exc:
-                raise Failure(
-                    f"pipeline spec {spec.spec_path}: expectations.{index}: {exc}"
-                ) from exc
+        check_extra_expectations(gx, spec)
         # Each expectation is a Spark job over the day: keep the typed rows cached meanwhile.
         df = spark_validation.standardize(raw_data, spec).cache()
         outcome = spark_validation.validate(gx, df, spec, day)
         rows, version = table_facts(df)
-        yield Output(
-            df,
-            data_version=DataVersion(version),
-            metadata={
-                "dagster/row_count": rows,
-                "dagster/column_schema": spark_schema(df),
-                "content_hash": version,
-                "valid": outcome.success,
-                "engine": "spark",
-            },
+        yield from validated_outputs(
+            context, spec, day, df, outcome, version, rows, spark_schema(df), engine="spark"
         )
-        files = ", ".join(str(f) for f in source_files(spec, day))
-        result = check_result(outcome, source=f"{files} [{day}]")
-        if not outcome.success:
-            context.log.error(f"validation failed for {day}: {result.description}")
-        yield result
 
     return validated_data
 
 
 def build_spark_features(spec: PipelineSpec) -> AssetsDefinition:
     @asset(
-        name="features",
-        key_prefix=spec.name,
+        **partitioned(spec, "features"),
         ins=asset_ins(spec, "validated_data"),
-        partitions_def=daily_partitions(spec),
-        group_name=spec.name,
         description="Feast feature view for the spec's features: the day's rows written by "
         "Spark as a partition of the offline table that Feast's Spark offline store reads.",
         kinds={"feast", "spark"},
@@ -216,10 +182,7 @@ def build_spark_online_features(spec: PipelineSpec) -> AssetsDefinition:
     write_to_online_store from the step."""
 
     @asset(
-        name="online_features",
-        key_prefix=spec.name,
-        partitions_def=daily_partitions(spec),
-        group_name=spec.name,
+        **partitioned(spec, "online_features"),
         deps=[asset_key(spec, "features")],
         description="The day's newest feature values per entity in the Feast online store, "
         "chosen by Spark from the offline table's day partition.",

@@ -14,7 +14,7 @@ offline store is `spark` (same project, registry and online store): `spark_feast
 
 from __future__ import annotations
 
-from datetime import date, timedelta
+from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,13 +41,10 @@ def offline_table(spec: PipelineSpec, feast: FeastResource) -> Path:
 def feast_definitions(spec: PipelineSpec, feast: FeastResource) -> list[Any]:
     """Entity and feature view of the spec (as mlops_assets.features builds them), the view
     reading the Spark table; the day partitions prune Feast's point-in-time reads."""
-    from feast import Entity, FeatureView, Field, ValueType
     from feast.infra.offline_stores.contrib.spark_offline_store.spark_source import SparkSource
-    from feast.types import Float64, String
 
-    from mlops_assets.features import feature_view_name
+    from mlops_assets.features import entity_and_view
 
-    entity = Entity(name=spec.entity_key, join_keys=[spec.entity_key], value_type=ValueType.STRING)
     source = SparkSource(
         name=f"{spec.name}_spark_source",
         path=str(offline_table(spec, feast)),
@@ -56,19 +53,7 @@ def feast_definitions(spec: PipelineSpec, feast: FeastResource) -> list[Any]:
         date_partition_column=DAY_COLUMN,
         date_partition_column_format="%Y-%m-%d",
     )
-    view = FeatureView(
-        name=feature_view_name(spec),
-        entities=[entity],
-        ttl=timedelta(days=spec.feature_ttl_days),
-        schema=[
-            Field(name=f.name, dtype=Float64 if f.type == "numeric" else String)
-            for f in spec.features
-        ],
-        source=source,
-        online=True,
-        description=spec.description,
-    )
-    return [entity, view]
+    return entity_and_view(spec, source)
 
 
 def write_offline_partition(

@@ -22,7 +22,7 @@ OVERSAMPLE = 1.1  # Bernoulli sampling draws about fraction * rows: ask for a li
 
 def current_rows(validated: DataFrame, predictions: DataFrame, spec: PipelineSpec) -> DataFrame:
     """The day's features joined with the monitored model output (the positive-class score
-    for binary tasks, else the prediction), as mlops_assets.monitoring.current_frame does."""
+    for binary tasks, else the prediction), as mlops_assets.drift.current_frame does."""
     keys = [spec.entity_key, spec.timestamp]
     output = "score" if "score" in predictions.columns else "prediction"
     monitored = predictions.select(*keys, predictions[output].alias(PREDICTION_COLUMN))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import re
 from datetime import date
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
@@ -29,6 +29,8 @@ class SourceSpec(StrictModel):
     other `$NAME` is refused. A relative path is taken from the spec file's folder.
     """
 
+    section: ClassVar[str] = "source"  # the spec section, in error messages
+
     path: str
     path_variables: list[str] = Field(
         default_factory=list,
@@ -46,8 +48,9 @@ class SourceSpec(StrictModel):
         unlisted = sorted({f"${n}" for n in path_variables(self.path) if n not in allowed})
         if unlisted:
             raise ValueError(
-                f"source.path: {unlisted} would be expanded, but only $MLOPS_HOME and the "
-                "variables named in source.path_variables are (their values appear in logs, "
+                f"{self.section}.path: {unlisted} would be expanded, but only $MLOPS_HOME and "
+                f"the variables named in {self.section}.path_variables are (their values appear "
+                "in logs, "
                 "events and the UI, so never put a secret there)"
             )
         return self
@@ -64,8 +67,8 @@ class SourceSpec(StrictModel):
                 return str(mlops_home())
             if name not in os.environ:
                 raise SpecError(
-                    f"pipeline spec {where}: source.path: ${name} (in source.path_variables) is "
-                    "not set in the environment"
+                    f"pipeline spec {where}: {self.section}.path: ${name} (in "
+                    f"{self.section}.path_variables) is not set in the environment"
                 )
             return os.environ[name]
 
@@ -81,6 +84,8 @@ class LabelSourceSpec(SourceSpec):
     and the label, and join the features on entity key + timestamp; the feature source then
     holds no label column.
     """
+
+    section: ClassVar[str] = "labels"
 
     @model_validator(mode="after")
     def _one_file_a_day(self) -> LabelSourceSpec:

@@ -25,10 +25,10 @@ pytest.importorskip("pyspark", reason="pyspark is in the integration extra")
 from mlops_assets import features as pandas_features  # noqa: E402
 from mlops_assets.data import read_partition  # noqa: E402
 from mlops_assets.demo_data import DRIFT_START, generate_day  # noqa: E402
+from mlops_assets.drift import current_frame, drift_tests  # noqa: E402
 from mlops_assets.ml.estimators import build_estimator  # noqa: E402
 from mlops_assets.ml.evaluation import score  # noqa: E402
 from mlops_assets.ml.model_kinds import log_sklearn_model  # noqa: E402
-from mlops_assets.monitoring import current_frame, drift_tests  # noqa: E402
 from mlops_assets.spark_engine import offline, reading, sampling, scoring  # noqa: E402
 from mlops_assets.spark_engine import validation as spark_validation  # noqa: E402
 from mlops_assets.spec import DEMO_SPEC_PATH, PREDICTION_COLUMN, load_spec  # noqa: E402

@@ -90,7 +90,12 @@ CODE_BY_ASSET: dict[str, tuple[str, ...]] = {
         "mlops_resources.mlflow_tracking",
         "mlops_resources.model_loading",
     ),
-    "drift_report": (*_MONITORING, "mlops_resources.drift_detection", "mlops_resources.storage"),
+    "drift_report": (
+        "mlops_assets.drift",
+        *_MONITORING,
+        "mlops_resources.drift_detection",
+        "mlops_resources.storage",
+    ),
     "model_performance": _MONITORING,
     "online_predictions": ("mlops_assets.serving.request_log",),
 }
