@@ -260,7 +260,7 @@ class AlertReader:
             f"prediction drift: {'yes' if meta.get(Meta.PREDICTION_DRIFT) else 'no'}"
             + (
                 f" (score {meta['prediction_drift_score']:.3g})"
-                if isinstance(meta.get("prediction_drift_score"), float)
+                if isinstance(meta.get(Meta.PREDICTION_DRIFT_SCORE), float)
                 else ""
             ),
             f"report: {report}" if report and not report_links else "",
@@ -317,7 +317,7 @@ class AlertReader:
         before, after = meta.get(Meta.CHAMPION_BEFORE), meta.get(Meta.CHAMPION_AFTER)
         if meta.get(Meta.CHAMPION_MOVED):
             title = f"v{candidate} promoted to champion (was {vname(before)})"
-        elif meta.get("challenger"):
+        elif meta.get(Meta.CHALLENGER):
             title = f"v{candidate} blessed: now the challenger beside champion {vname(after)}"
         elif meta.get(Meta.BLESSED):
             title = f"v{candidate} blessed; champion stays {vname(after)}"

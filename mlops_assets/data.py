@@ -164,6 +164,7 @@ def build_raw_data(spec: PipelineSpec) -> AssetsDefinition:
                     "sep": spec.source.csv_delimiter,
                     "encoding": spec.source.csv_encoding,
                 },
+                fmt=spec.source.format,
             )
             df, files = read_partition(spec, day)
         except SourceError as exc:

@@ -152,7 +152,7 @@ def drift_outputs(
             Meta.DRIFTED_COLUMNS: MetadataValue.json(drifted),
             "column_tests": MetadataValue.md(column_table(outcome.columns)),
             Meta.PREDICTION_DRIFT: prediction.drifted,
-            "prediction_drift_score": prediction.score,
+            Meta.PREDICTION_DRIFT_SCORE: prediction.score,
             Meta.MODEL_VERSION: version,
             "reference_rows": outcome.reference_rows,
             "current_rows": outcome.current_rows,

@@ -89,17 +89,24 @@ class Meta:
     CHAMPION_AFTER = "champion_after"
     CHAMPION_MOVED = "champion_moved"
     CHAMPION_VERSION = "champion_version"
+    CHALLENGER = "challenger"  # model_promotion: the blessed candidate became the challenger
     DRIFT_SHARE = "drift_share"
     DRIFT_SHARE_THRESHOLD = "drift_share_threshold"
     DRIFT_DETECTED = "drift_detected"
     DRIFTED_COLUMNS = "drifted_columns"
     PREDICTION_DRIFT = "prediction_drift"
+    PREDICTION_DRIFT_SCORE = "prediction_drift_score"
     DRIFT_REPORT_HTML = "drift_report_html"
     DEGRADED = "degraded"
     DEGRADED_METRICS = "degraded_metrics"
     REPLACED_VERSION = "replaced_version"
     ROLLBACK_RECOMMENDED = "rollback_recommended"
     ROW_COUNT = "dagster/row_count"
+    # training_set: the window it chose (read by candidate_model for its version tags)
+    WINDOW_POLICY = "window_policy"
+    CHANGE_DAY = "change_day"
+    LABEL_CUTOFF = "label_cutoff"
+    DAYS_USED = "days_used"
     # drift_report and model_performance with serving.monitor_online: the online traffic's
     # own values, `online_<key>` (online_drift_share, online_drift_detected, ...)
     ONLINE_PREFIX = "online_"
@@ -115,6 +122,18 @@ class Meta:
 # pipeline's name as its prefix (`loan_default/raw_data`) and every job, sensor and schedule
 # name starts with it (`loan_default__daily`). Modules name the base names below (or an asset's
 # name) and build the full names with asset_key / scoped_name, never by hand.
+
+# Assets whose data plane runs on Spark; the others (candidate_model, model_promotion,
+# model_performance, ...) are the pandas engine's and read the Spark tables they need as pandas.
+SPARK_ASSETS = (
+    "raw_data",
+    "validated_data",
+    "features",
+    "online_features",
+    "training_set",
+    "batch_predictions",
+    "drift_report",
+)
 
 # Jobs
 INGEST_JOB = "ingest"

@@ -74,13 +74,17 @@ def csv_estimate(path: Path, read_options: dict | None = None) -> tuple[int, int
 
 
 def file_estimate(
-    path: Path, columns: Sequence[str] | None = None, csv_options: dict | None = None
+    path: Path,
+    columns: Sequence[str] | None = None,
+    csv_options: dict | None = None,
+    fmt: str | None = None,
 ) -> tuple[int, int]:
-    """(rows, estimated pandas bytes) of a Parquet or CSV file (`csv_options`: read_csv's);
-    (0, 0) for a file that cannot be read so: the read that follows fails naming the file and
-    the reason (an empty, truncated or mislabelled file, a wrong encoding)."""
+    """(rows, estimated pandas bytes) of a Parquet or CSV file (`fmt`, else its suffix, says
+    which; `csv_options`: read_csv's); (0, 0) for a file that cannot be read so: the read that
+    follows fails naming the file and the reason (an empty, truncated or mislabelled file, a
+    wrong encoding)."""
     try:
-        if path.suffix.lower() == ".csv":
+        if (fmt or path.suffix.lstrip(".")).lower() == "csv":
             return csv_estimate(path, csv_options)
         return parquet_estimate(path, columns)
     except (OSError, ValueError, UnicodeDecodeError, StopIteration):
@@ -93,12 +97,14 @@ def require_fits(
     paths: Sequence[Path],
     columns: Sequence[str] | None = None,
     csv_options: dict | None = None,
+    fmt: str | None = None,
 ) -> tuple[int, int]:
     """Fail unless the files' estimated in-memory size is within the bound; returns (rows,
-    bytes). `what` names the data ("the day's source files", "the training window")."""
+    bytes). `what` names the data ("the day's source files", "the training window"); `fmt`
+    (csv or parquet) overrides the files' suffixes."""
     rows = size = 0
     for path in paths:
-        file_rows, file_bytes = file_estimate(Path(path), columns, csv_options)
+        file_rows, file_bytes = file_estimate(Path(path), columns, csv_options, fmt)
         rows += file_rows
         size += file_bytes
     bound = max_step_bytes()

@@ -221,7 +221,7 @@ def build_model_promotion(spec: PipelineSpec) -> AssetsDefinition:
                 Meta.CHAMPION_BEFORE: verdict["champion_before"] or "none",
                 Meta.CHAMPION_AFTER: verdict["champion_after"] or "none",
                 Meta.CHAMPION_MOVED: moved,
-                "challenger": shadowed,
+                Meta.CHALLENGER: shadowed,
                 Meta.MESSAGE: blessing.message,
                 "judged_on": MetadataValue.json(judged_on),
                 "metrics": MetadataValue.md(

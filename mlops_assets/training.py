@@ -86,10 +86,10 @@ def window_tags(context: AssetExecutionContext, spec: PipelineSpec) -> dict[str,
     metadata = records[0].asset_materialization.metadata if records else {}
     meta = {k: v.value for k, v in metadata.items()}
     return {
-        WINDOW_POLICY_TAG: str(meta.get("window_policy", "unknown")),
-        CHANGE_DAY_VERSION_TAG: str(meta.get("change_day", "none")),
-        LABEL_CUTOFF_TAG: str(meta.get("label_cutoff", "unknown")),
-        REFERENCE_TAG: f"train rows of {', '.join(meta.get('days_used') or [])}",
+        WINDOW_POLICY_TAG: str(meta.get(Meta.WINDOW_POLICY, "unknown")),
+        CHANGE_DAY_VERSION_TAG: str(meta.get(Meta.CHANGE_DAY, "none")),
+        LABEL_CUTOFF_TAG: str(meta.get(Meta.LABEL_CUTOFF, "unknown")),
+        REFERENCE_TAG: f"train rows of {', '.join(meta.get(Meta.DAYS_USED) or [])}",
         TRIGGER_VERSION_TAG: context.run.tags.get(TRIGGER_TAG, "manual"),
         ALARM_VERSION_TAG: context.run.tags.get(ALARM_PARTITION_TAG, "none"),
     }

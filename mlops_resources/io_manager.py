@@ -26,6 +26,7 @@ partition replaces it.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -187,8 +188,11 @@ class AssetValueIOManager(UPathIOManager):
     def _atomic_write(self, target: UPath, run_id: str, write: Any) -> None:
         """Run `write(binary file)` so that `target` appears whole or not at all."""
         if not _is_local(target):
-            with target.open("wb") as handle:  # one PUT (or multipart upload): atomic in S3
-                write(handle)
+            # Serialized in memory first: a file object of s3fs uploads what it holds when it
+            # is closed, even after an error, so a failed write would publish part of a value.
+            buffer = io.BytesIO()
+            write(buffer)
+            target.write_bytes(buffer.getvalue())  # one PUT (or multipart upload): atomic in S3
             return
         final = os.fspath(target.path)
         tmp = f"{final}.{run_id}.tmp"

@@ -206,7 +206,10 @@ class SparkTableIOManager(ConfigurableIOManager):
         if obj is None:
             return
         path = self.path(context)
-        obj.write.mode("overwrite").parquet(path)
+        if "://" in path:  # an object store: Spark's own overwrite (not atomic there)
+            obj.write.mode("overwrite").parquet(path)
+        else:
+            replace_folder(path, context.run_id, lambda tmp: obj.write.parquet(tmp))
         context.add_output_metadata({"table": MetadataValue.path(path)})
 
     def load_input(self, context: InputContext) -> Any:
@@ -245,3 +248,23 @@ def spark_resource_from_file(path: str) -> SparkResource:
         return SparkResource(**fields)
     except (OSError, yaml.YAMLError, ValidationError, TypeError) as exc:
         raise ValueError(f"{SPARK_CONFIG_ENV}={path}: not a SparkResource config: {exc}") from exc
+
+
+def replace_folder(path: str, run_id: str, write: Any) -> None:
+    """`write(folder)` into a per-run temporary folder, then put it in `path`'s place: a write
+    that fails leaves the previous table whole and no temporary folder (a killed one leaves its
+    `<path>.<run_id>.tmp` beside the table). The swap is two renames: a reader between them
+    finds no table."""
+    import shutil
+
+    tmp, old = f"{path}.{run_id}.tmp", f"{path}.{run_id}.old"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        write(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if os.path.exists(path):
+        os.replace(path, old)
+    os.replace(tmp, path)
+    shutil.rmtree(old, ignore_errors=True)

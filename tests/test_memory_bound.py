@@ -50,3 +50,24 @@ def test_estimate_is_close_to_pandas_and_a_window_is_bounded_as_a_whole(
     assert require_fits("one day", "2024-01-01", files[:1])[0] == 3000
     with pytest.raises(Failure, match=r"partition 2024-01-02: the window's files hold 6,000 rows"):
         require_fits("the window's files", "2024-01-02", files)
+
+
+def test_a_csv_source_without_a_csv_suffix_is_bounded_too(
+    home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """`source.format: csv` decides how a file is estimated, not its suffix (a .txt file was
+    estimated as Parquet, failed, and counted as empty)."""
+    data = tmp_path / "data"
+    write_demo_data(data, start=DEMO_START, days=1, rows_per_day=2000)
+    day = DEMO_START.isoformat()
+    pd.read_parquet(data / f"loans_{day}.parquet").to_csv(data / f"loans_{day}.txt", index=False)
+    monkeypatch.setenv(MAX_STEP_DATA_VAR, "0.2")
+    source = {"path": str(data / "loans_{date}.txt"), "format": "csv"}
+    spec = load_spec(write_spec(tmp_path / "spec.yaml", source=source))
+    job = build_definitions(spec).resolve_job_def(scoped_name(spec, INGEST_JOB))
+    result = job.execute_in_process(
+        partition_key=day, instance=DagsterInstance.ephemeral(), raise_on_error=False
+    )
+    (failure,) = failed_steps(result.all_events)
+    assert failure["step"] == "loan_default__raw_data"
+    assert "the day's source files hold" in failure["error"], failure["error"]

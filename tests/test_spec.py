@@ -36,6 +36,8 @@ def test_mlops_config_selects_the_spec(tmp_path, monkeypatch):
         ({"label": "income"}, "used both as feature and as key/label"),
         ({"name": "../escape"}, "name: String should match pattern"),
         ({"classes": ["0", "1", "2"]}, "a binary task needs exactly 2"),
+        ({"engine": "spark", "gate": {"shadow_days": 2}}, "gate.shadow_days: shadow scoring"),
+        ({"engine": "spark", "serving": {"monitor_online": True}}, "serving.monitor_online"),
     ],
 )
 def test_bad_spec_names_file_key_and_rule(tmp_path, overrides, expected):

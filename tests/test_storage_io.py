@@ -226,3 +226,28 @@ def test_the_local_profile_writes_under_mlops_home(home: Path) -> None:
     )
     assert result.success and seen == [{"ok": True}]
     assert (home / "storage" / "demo" / "upstream" / f"{DAY}.json").is_file()
+
+
+def test_a_failed_spark_table_write_leaves_the_previous_table(tmp_path: Path) -> None:
+    """The spark engine's tables (SparkTableIOManager on a local warehouse) are written into a
+    per-run folder and swapped in; a write that fails keeps the previous table whole."""
+    from mlops_resources.spark import replace_folder
+
+    table = tmp_path / "validated_data" / DAY
+
+    def write(rows: str):
+        def into(folder: str) -> None:
+            Path(folder).mkdir(parents=True)
+            (Path(folder) / "part-0.parquet").write_text(rows)
+            if rows == "fails":
+                raise RuntimeError("executor lost")
+
+        return into
+
+    replace_folder(str(table), "run-1", write("first"))
+    with pytest.raises(RuntimeError, match="executor lost"):
+        replace_folder(str(table), "run-2", write("fails"))
+    assert (table / "part-0.parquet").read_text() == "first"
+    replace_folder(str(table), "run-3", write("second"))
+    assert (table / "part-0.parquet").read_text() == "second"
+    assert sorted(p.name for p in table.parent.iterdir()) == [DAY]  # no .tmp / .old left

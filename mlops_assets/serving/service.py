@@ -104,14 +104,6 @@ class PipelineService:
         self.holder.stop()
         self.worker.stop()
 
-    def predict(self, rows: list[dict[str, Any]], allow_missing: bool) -> dict[str, Any]:
-        """Answer one request's entity rows (a batch of one). Raises NoChampion, or
-        scoring.UnknownEntities."""
-        [result] = self.score([Pending(rows, allow_missing)])
-        if isinstance(result, Exception):
-            raise result
-        return result
-
     def score(self, batch: list[Pending]) -> list[dict[str, Any] | Exception]:
         """Answer the requests of a batch (batching.MicroBatcher) with one snapshot of the
         served versions (never two champions in one answer, nor in one batch), one online

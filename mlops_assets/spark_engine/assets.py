@@ -132,6 +132,7 @@ def build_spark_validated_data(spec: PipelineSpec) -> AssetsDefinition:
         yield from validated_outputs(
             context, spec, day, df, outcome, version, rows, spark_schema(df), engine="spark"
         )
+        df.unpersist()  # the output was written when it was yielded
 
     return validated_data
 

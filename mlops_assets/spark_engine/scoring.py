@@ -15,13 +15,16 @@ pandas engine's: the keys, `prediction` and, for binary tasks, `score`.
 
 from __future__ import annotations
 
+import atexit
+import functools
+import shutil
 import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mlops_assets.spec import PipelineSpec
+from mlops_assets.spec import PipelineSpec, Task
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -36,8 +39,17 @@ def output_schema(spec: PipelineSpec) -> str:
     """The Spark schema of the scored rows: keys, prediction (and the positive-class score)."""
     prediction = "string" if spec.is_classification else "double"
     schema = f"`{spec.entity_key}` string, `{spec.timestamp}` timestamp, prediction {prediction}"
-    binary = spec.is_classification and (spec.classes is None or len(spec.classes) == 2)
+    binary = spec.task == Task.binary_classification
     return f"{schema}, score double" if binary else schema
+
+
+@functools.cache
+def shipped_models_folder() -> Path:
+    """This process's folder of downloaded models, removed when the process exits (the rows
+    are scored lazily, when the result is written after the step returns)."""
+    folder = Path(tempfile.mkdtemp(prefix="mlops-spark-models-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder
 
 
 def ship_model(df: DataFrame, model_uri: str) -> str:
@@ -46,7 +58,7 @@ def ship_model(df: DataFrame, model_uri: str) -> str:
     import mlflow
 
     name = f"model-{uuid.uuid4().hex[:12]}"
-    target = Path(tempfile.mkdtemp(prefix="mlops-spark-model-")) / name
+    target = shipped_models_folder() / name
     target.mkdir()
     mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(target))
     df.sparkSession.sparkContext.addFile(str(target), recursive=True)

@@ -8,18 +8,6 @@ from dagster import AssetsDefinition
 
 from mlops_assets.spec import PipelineSpec
 
-# Assets whose data plane runs on Spark; the others (candidate_model, model_promotion,
-# model_performance, ...) are the pandas engine's and read the Spark tables they need as pandas.
-SPARK_ASSETS = (
-    "raw_data",
-    "validated_data",
-    "features",
-    "online_features",
-    "training_set",
-    "batch_predictions",
-    "drift_report",
-)
-
 
 def spark_builders() -> dict[str, Callable[[PipelineSpec], AssetsDefinition]]:
     """The spark engine's asset builders by asset name."""

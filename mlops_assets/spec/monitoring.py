@@ -135,8 +135,8 @@ class ServingSpec(StrictModel):
     log_queue_size: int = Field(
         default=10_000,
         ge=1,
-        description="Requests waiting for the shadow scorer and the request log; when full, "
-        "new ones are dropped from the log (counted in /metrics), never delayed.",
+        description="Answered batches waiting for the shadow scorer and the request log; when "
+        "full, new ones are dropped from the log (rows counted in /metrics), never delayed.",
     )
     monitor_online: bool = Field(
         default=False,

@@ -133,9 +133,22 @@ class PipelineSpec(StrictModel):
         return self
 
     @model_validator(mode="after")
-    def _labels_source_fits(self) -> PipelineSpec:
-        if self.labels is not None and self.engine == "spark":
+    def _spark_engine_fits(self) -> PipelineSpec:
+        """What the spark engine does not build yet is refused, not silently dropped."""
+        if self.engine != "spark":
+            return self
+        if self.labels is not None:
             raise ValueError("labels: a label source is not supported with engine: spark yet")
+        if self.gate.shadow_days > 0:
+            raise ValueError(
+                "gate.shadow_days: shadow scoring is not supported with engine: spark yet (a "
+                "challenger would never be promoted); set it to 0"
+            )
+        if self.serving.monitor_online:
+            raise ValueError(
+                "serving.monitor_online: online traffic monitoring is not supported with "
+                "engine: spark yet; set it to false"
+            )
         return self
 
     @model_validator(mode="after")

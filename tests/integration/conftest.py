@@ -16,6 +16,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 
@@ -41,6 +42,32 @@ UNAVAILABLE_ENV = "MLOPS_INTEGRATION_UNAVAILABLE"
 # The secrets in the env file: none of them may show up in logs, metadata or MLflow.
 SECRET_VARS = ("MLOPS_PG_PASSWORD", "MLOPS_REDIS_PASSWORD", "AWS_SECRET_ACCESS_KEY")
 MONITOR_DAYS = 1  # one day driven by the sensors after training (the demo's story, shortened)
+
+
+def local_env(root: Path) -> dict[str, str]:
+    """The local profile in `root`, whatever profile this process was switched to."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("MLOPS_", "MLFLOW_", "DAGSTER_", "AWS_"))
+    }
+    env |= {"MLOPS_HOME": str(root / "home"), "DAGSTER_HOME": str(root / "home" / "dagster")}
+    return env
+
+
+@contextmanager
+def local_profile(root: Path) -> Iterator[None]:
+    """This process on the local profile in `root` (the session's production settings set
+    aside), and its whole environment as it was afterwards: MLflow's set_tracking_uri writes
+    MLFLOW_TRACKING_URI there, which later tests of the production profile read."""
+    saved = dict(os.environ)
+    os.environ.clear()
+    os.environ.update(local_env(root))
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 def read_env_file(path: Path) -> dict[str, str]:

@@ -28,6 +28,7 @@ from mlops_assets.spec import DEMO_SPEC_PATH, load_spec  # noqa: E402
 from mlops_assets.validation import GX_CHECK  # noqa: E402
 from mlops_resources.feast_store import FeastResource  # noqa: E402
 from mlops_resources.spark import SPARK_IO_MANAGER, SparkResource, SparkTableIOManager  # noqa: E402
+from tests.integration.conftest import local_profile  # noqa: E402
 
 ROWS = 300
 START = DRIFT_START - timedelta(days=4)
@@ -51,8 +52,6 @@ def write_stream(data: Path) -> None:
 def run_engine(engine: str, root: Path, spark: SparkResource) -> dict[str, Any]:
     """The stream through one engine: ingest days, training and promotion, a scored day with
     drift, and the bad day; what each step answered."""
-    os.environ["MLOPS_HOME"] = str(root / "home")
-    os.environ["DAGSTER_HOME"] = str(root / "home" / "dagster")
     write_stream(root / "home" / "demo_data")
     spec = yaml.safe_load(DEMO_SPEC_PATH.read_text())
     spec.update(
@@ -117,13 +116,14 @@ def run_engine(engine: str, root: Path, spark: SparkResource) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def engines(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, dict[str, Any]]]:
-    saved = {k: os.environ.get(k) for k in ("MLOPS_HOME", "DAGSTER_HOME")}
     spark = SparkResource(stop_after_step=False)
     try:
-        yield {
-            engine: run_engine(engine, tmp_path_factory.mktemp(engine), spark)
-            for engine in ("spark", "pandas")
-        }
+        results = {}
+        for engine in ("spark", "pandas"):
+            root = tmp_path_factory.mktemp(engine)
+            with local_profile(root):
+                results[engine] = run_engine(engine, root, spark)
+        yield results
     finally:
         spark.stop()
         from pyspark.sql import SparkSession
@@ -131,11 +131,6 @@ def engines(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, dict
         active = SparkSession.getActiveSession()
         if active is not None:
             active.stop()
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def test_validation_verdicts_rule_by_rule(engines: dict[str, dict[str, Any]]) -> None:

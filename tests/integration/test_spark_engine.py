@@ -10,7 +10,6 @@ is most of it).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -39,6 +38,7 @@ from mlops_resources.mlflow_tracking import MLflowResource  # noqa: E402
 from mlops_resources.model_loading import load_registered_model  # noqa: E402
 from mlops_resources.spark import SparkResource  # noqa: E402
 from mlops_resources.validation import GreatExpectationsResource  # noqa: E402
+from tests.integration.conftest import local_profile  # noqa: E402
 
 ROWS = 300
 # Two days before the demo's drift, the drift day, and one day with defects of every kind.
@@ -54,9 +54,11 @@ def stream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
     """MLOPS_HOME with the demo days (one of them defective) as Parquet and the bad day also
     as CSV; the spec; a Spark local[2] session stopped at the end."""
     root = tmp_path_factory.mktemp("spark_engine")
-    saved = {k: os.environ.get(k) for k in ("MLOPS_HOME", "DAGSTER_HOME")}
-    os.environ["MLOPS_HOME"] = str(root / "home")
-    os.environ["DAGSTER_HOME"] = str(root / "home" / "dagster")
+    with local_profile(root):
+        yield from stream_in(root)
+
+
+def stream_in(root: Path) -> Iterator[dict[str, Any]]:
     data = root / "home" / "demo_data"
     data.mkdir(parents=True)
     for day in DAYS:
@@ -81,11 +83,6 @@ def stream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
         }
     finally:
         spark.stop()
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def report(outcome: Any) -> dict[str, tuple]:

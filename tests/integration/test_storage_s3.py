@@ -115,3 +115,35 @@ def test_pickles_written_by_s3_pickle_io_manager_still_load(bucket: str) -> None
         assets, partition_key=DAY, resources={"io_manager": current}, selection=["demo/upstream"]
     ).success  # the next write replaces the pickle
     assert keys(bucket, prefix) == [f"demo/promotion/{DAY}", f"demo/upstream/{DAY}.parquet"]
+
+
+def test_a_failed_write_publishes_nothing_and_keeps_the_previous_value(bucket: str) -> None:
+    """s3fs uploads what a file object holds when it is closed, even after an error: the
+    value is serialized in memory before its one PUT, so a failed write leaves no object."""
+    from tests.test_storage_io import Unpicklable
+
+    prefix = f"it-failed-{uuid.uuid4().hex[:8]}"
+    io_manager = asset_io_manager(s3_bucket=bucket, s3_prefix=prefix)
+    seen: dict[str, Any] = {}
+    previous = {"previous": [1, 2, 3]}
+    assert materialize(
+        pipeline(frame(), previous, seen),
+        partition_key=DAY,
+        resources={"io_manager": io_manager},
+        selection=["demo/promotion"],
+    ).success
+    with pytest.raises(Exception, match="died half-way"):
+        materialize(
+            pipeline(frame(), [frame(), Unpicklable()], seen),  # type: ignore[arg-type]
+            partition_key=DAY,
+            resources={"io_manager": io_manager},
+            selection=["demo/promotion"],
+        )
+    assert keys(bucket, prefix) == [f"demo/promotion/{DAY}.json"]
+    assert materialize(
+        pipeline(frame(), {}, seen),
+        partition_key=DAY,
+        resources={"io_manager": io_manager},
+        selection=["demo/upstream", "demo/downstream"],
+    ).success
+    assert seen["promotion"] == previous

@@ -25,6 +25,7 @@ import yaml
 
 from mlops_assets.demo_data import write_demo_data
 from mlops_assets.spec import DEMO_SPEC_PATH
+from tests.integration.conftest import local_env
 
 REPO = Path(__file__).resolve().parents[2]
 DAYS = [date(2024, 1, 1), date(2024, 1, 2)]  # one ingest day, then the lifecycle
@@ -116,13 +117,9 @@ def user_project(tmp_path_factory: pytest.TempPathFactory) -> dict:
     (package / "definitions.py").write_text(DEFINITIONS)
     (root / "dagster").mkdir()
     (root / "dagster" / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if key not in ("PYTHONPATH", "MLOPS_CONFIG", "VIRTUAL_ENV")
-    }
+    # The embedded defaults, not the session's production profile (local_env drops it).
+    env = {k: v for k, v in local_env(root).items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     env.update(
-        MLOPS_HOME=str(root / "home"),
         DAGSTER_HOME=str(root / "dagster"),
         VIRTUAL_ENV=str(project / ".venv"),
         PATH=f"{project / '.venv' / 'bin'}{os.pathsep}{os.environ['PATH']}",

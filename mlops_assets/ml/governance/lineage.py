@@ -14,6 +14,7 @@ from mlops_assets.keys import (
     CODE_VERSION_TAG,
     DATA_VERSION_TAG,
     GIT_COMMIT_TAG,
+    SPARK_ASSETS,
     SPEC_HASH_TAG,
 )
 from mlops_assets.ml.model_kinds import TORCH_KIND
@@ -49,12 +50,14 @@ _TRAINING = (
 )
 _FEATURES = (
     "mlops_assets.features",
+    "mlops_assets.labels",
     "mlops_assets.ml.dataset",
     "mlops_assets.ml.windows",
     "mlops_resources.feast_store",
 )
 _MONITORING = (
     "mlops_assets.monitoring",
+    "mlops_assets.labels",
     "mlops_assets.online",
     "mlops_assets.ml.evaluation",
     "mlops_assets.ml.windows",
@@ -65,6 +68,7 @@ CODE_BY_ASSET: dict[str, tuple[str, ...]] = {
     "raw_data": ("mlops_assets.data", "mlops_assets.ml.dataset", "mlops_resources.storage"),
     "validated_data": (
         "mlops_assets.validation",
+        "mlops_assets.labels",
         "mlops_assets.ml.dataset",
         "mlops_resources.validation",
     ),
@@ -104,7 +108,7 @@ CODE_BY_ASSET: dict[str, tuple[str, ...]] = {
 # new code version, so Dagster shows it and everything downstream as stale. Unlisted assets use
 # the whole spec.
 SPEC_KEYS_BY_ASSET: dict[str, tuple[str, ...]] = {
-    "raw_data": ("source", "timestamp", "partitions"),
+    "raw_data": ("source", "timestamp", "partitions", "engine"),
     "validated_data": (
         "entity_key",
         "timestamp",
@@ -114,21 +118,27 @@ SPEC_KEYS_BY_ASSET: dict[str, tuple[str, ...]] = {
         "features",
         "allow_extra_columns",
         "expectations",
+        "labels",
+        "engine",
     ),
-    "features": ("entity_key", "timestamp", "label", "features", "feature_ttl_days"),
-    "online_features": ("entity_key", "timestamp", "features", "online_features"),
+    "features": ("entity_key", "timestamp", "label", "labels", "features", "feature_ttl_days"),
+    "online_features": ("entity_key", "timestamp", "features", "online_features", "engine"),
     "training_set": (
         "entity_key",
         "timestamp",
         "label",
         "features",
         "feature_ttl_days",
+        "labels",
         "model.training_window_days",
         "model.holdout_days",
+        "model.window",
+        "monitoring.performance.label_delay_days",
+        "engine",
     ),
     "candidate_model": ("label", "task", "classes", "features", "model", "governance"),
     "model_promotion": ("task", "classes", "gate", "governance"),
-    "batch_predictions": ("entity_key", "timestamp", "features", "task", "classes"),
+    "batch_predictions": ("entity_key", "timestamp", "features", "task", "classes", "engine"),
     "online_predictions": ("entity_key", "features", "task", "classes", "serving"),
 }
 
@@ -154,6 +164,8 @@ def code_modules(spec: PipelineSpec, asset_name: str) -> list[str]:
     modules = list(CODE_BY_ASSET.get(asset_name, ()))
     if asset_name == "candidate_model" and spec.model.kind == TORCH_KIND:
         modules.append("mlops_resources.torch_executor")
+    if spec.engine == "spark" and asset_name in SPARK_ASSETS:
+        modules += ["mlops_assets.spark_engine", "mlops_resources.spark"]
     return modules
 
 
