@@ -1,0 +1,232 @@
+"""Bulk online writes (mlops_resources/feast_online_write.py) store exactly the rows Feast's own
+sqlite write stores, and Feast's get_online_features reads the same values back: real Feast,
+real sqlite files, one store written each way with the same frames."""
+
+import sqlite3
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mlops_resources.feast_store import BULK_ONLINE_STORE, FeastResource
+
+ROWS = (
+    "SELECT entity_key, feature_name, value, value_text, vector_value, event_ts, created_ts, "
+    "typeof(value), typeof(value_text), typeof(event_ts), typeof(created_ts) FROM {table} "
+    "ORDER BY entity_key, feature_name"
+)
+
+
+@pytest.fixture(params=["UTC", "America/New_York"])
+def local_zone(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch):
+    """Feast's sqlite adapter reads naive UTC times as local time: both zones must match."""
+    monkeypatch.setenv("TZ", request.param)
+    time.tzset()
+    yield request.param
+    monkeypatch.undo()
+    time.tzset()
+
+
+def stores(root: Path, **fields: object) -> dict[str, FeastResource]:
+    """The same Feast project twice: written in bulk, and with Feast's stock sqlite write."""
+    return {
+        name: FeastResource(
+            repo_path=str(root / name), project="probe", online_bulk_write=bulk, **fields
+        )
+        for name, bulk in (("bulk", True), ("stock", False))
+    }
+
+
+def definitions(root: Path, features: dict[str, object], keys: dict[str, object]) -> list:
+    from feast import Entity, FeatureView, Field, FileSource
+
+    source_path = root / "source.parquet"
+    pd.DataFrame({"ts": pd.to_datetime(["2024-01-01"], utc=True)}).to_parquet(source_path)
+    entities = [
+        Entity(name=k, join_keys=[k], value_type=dtype.to_value_type()) for k, dtype in keys.items()
+    ]
+    view = FeatureView(
+        name="probe_view",
+        entities=entities,
+        ttl=timedelta(days=3650),
+        schema=[Field(name=name, dtype=dtype) for name, dtype in {**keys, **features}.items()],
+        source=FileSource(path=str(source_path), timestamp_field="ts"),
+        online=True,
+    )
+    return [*entities, view]
+
+
+def stored_rows(feast: FeastResource, view: str = "probe_view") -> list[tuple]:
+    path = feast.feast_online_store_config()["path"]
+    with sqlite3.connect(path) as db:
+        return db.execute(ROWS.format(table=f'"{feast.project}_{view}"')).fetchall()
+
+
+def online(feast: FeastResource, frame: pd.DataFrame, keys: list[str], refs: list[str]) -> dict:
+    rows = frame[keys].drop_duplicates().to_dict("records")
+    return feast.store().get_online_features(features=refs, entity_rows=rows).to_dict()
+
+
+def typed_frame(rows: int, seed: int, stamps: list[str]) -> pd.DataFrame:
+    """Edge values of every vectorized dtype, nulls, repeated keys, then random rows."""
+    rng = np.random.default_rng(seed)
+    edge_f64 = [0.0, -0.0, 1e308, -1e-308, 5e-324, np.inf, -np.inf, np.nan, 0.1, 1e16, 2.5]
+    edge_f32 = [0.1, 1e39, 3.4028235e38, 1e-46, np.nan, -0.0, 7.1e-46, -1e39, 1.0, 3.0, 0.0]
+    edge_i64 = [0, -1, 2**53 + 1, -(2**63), 127, 128, 300, 2**35, None, 5, -300]  # floats here
+    edge_i32 = [-(2**31), 2**31 - 1, -1, 0, None, 127, 128, 16384, -5, 7, 1]
+    edge_str = ["", "a", "é", "日本", "x" * 200, None, "it's", "a", "b", "c", "d"]
+    edge_bool = [True, False, None, True, True, False, None, False, True, False, True]
+    n = len(edge_f64)
+    with np.errstate(over="ignore"):  # 1e39 and -1e39 are inf as float32
+        native_f32 = np.array(edge_f32 + list(rng.normal(0, 1, rows)), dtype=np.float32)
+    keys = ["k0", "k1", "k2", "ключ", "k4", "k5", "k6", "k0", "k8", "k9", "k10"]
+    frame = pd.DataFrame(
+        {
+            "customer_id": keys + [f"c{i % (rows // 2)}" for i in range(rows)],
+            "ts": pd.to_datetime(stamps[:n] + [stamps[0]] * rows, utc=True, format="ISO8601")
+            + pd.to_timedelta(np.r_[np.zeros(n), rng.integers(0, 10**15, rows)], unit="ns"),
+            "f64": edge_f64 + list(rng.normal(0, 1e6, rows)),
+            "f32": edge_f32 + list(rng.normal(0, 1e3, rows)),
+            "f32_native": native_f32,
+            "i64": pd.array(edge_i64 + list(rng.integers(-(2**62), 2**62, rows)), dtype="Int64"),
+            "i64_dense": np.r_[[0, -1, 2**63 - 1, -(2**63)] * 3, rng.integers(-9, 9, rows)][
+                : n + rows
+            ],
+            "i32": pd.array(edge_i32 + list(rng.integers(-(2**31), 2**31, rows)), dtype="Int32"),
+            "name": edge_str + [f"v{x}" for x in rng.integers(0, 50, rows)],
+            "flag": pd.array(edge_bool + list(rng.random(rows) < 0.5), dtype="boolean"),
+            "flag_dense": np.r_[[True, False] * 6, rng.random(rows) < 0.5][: n + rows],
+        }
+    )
+    frame.loc[n + 3, "name"] = None
+    frame.loc[n + 4, "f64"] = np.nan
+    return frame
+
+
+def test_the_default_sqlite_store_writes_in_bulk_and_redis_is_untouched(tmp_path: Path):
+    default = FeastResource(repo_path=str(tmp_path))
+    provider = default.store()._get_provider()
+    assert type(provider).__name__ == "BulkWriteProvider"
+    assert type(provider.online_store).__name__ == "BulkSqliteOnlineStore"
+    assert default.online_store_config()["type"] == "sqlite"  # what the assets report
+    assert default.feast_online_store_config()["type"] == BULK_ONLINE_STORE
+    stock = FeastResource(repo_path=str(tmp_path), online_bulk_write=False)
+    assert stock.feast_online_store_config()["type"] == "sqlite"
+    redis = {"type": "redis", "connection_string": "redis.internal:6379"}
+    assert FeastResource(online_store=redis).feast_online_store_config() == redis
+
+
+@pytest.mark.parametrize("keys", ["string", "int_and_string"])
+def test_every_dtype_stores_the_bytes_feast_stores(tmp_path: Path, local_zone: str, keys: str):
+    from feast.types import Bool, Float32, Float64, Int32, Int64, String
+
+    from mlops_resources.feast_online_write import encode_rows
+
+    features = {
+        "f64": Float64,
+        "f32": Float32,
+        "f32_native": Float32,
+        "i64": Int64,
+        "i64_dense": Int64,
+        "i32": Int32,
+        "name": String,
+        "flag": Bool,
+        "flag_dense": Bool,
+    }
+    key_types = {"customer_id": String} | ({"branch": Int64} if keys != "string" else {})
+    stamps = [
+        "2024-01-01 00:00:00.999999999",
+        "1969-12-31 23:59:59.5",
+        "2024-11-03 01:30:00.25",  # a repeated local hour in New York
+        "2024-03-10 02:30:00",  # a skipped local hour in New York
+        "2200-01-01 00:00:00.999999",
+        "2024-06-01 12:00:00",
+        "1970-01-01 00:00:00",
+        "2024-01-01 00:00:01",
+        "2024-01-01 00:00:02.000001",
+        "2030-07-04 04:05:06.789",
+        "2024-02-29 23:59:59.999999",
+    ]
+    first = typed_frame(400, seed=1, stamps=stamps)
+    # the same keys again, older and newer, other values and nulls: Feast's sqlite store keeps
+    # the last write whatever its timestamp
+    second = typed_frame(400, seed=2, stamps=["2000-01-01"] * 11)
+    second.loc[:5, "f64"] = np.nan
+    for frame in (first, second):
+        if keys != "string":
+            frame["branch"] = np.arange(len(frame), dtype=np.int64) % 3 - 1
+    feast = stores(tmp_path)
+    refs = [f"probe_view:{name}" for name in features]
+    for resource in feast.values():
+        resource.apply(definitions(tmp_path, features, key_types))
+    bulk = feast["bulk"].store()
+    view = bulk.get_feature_view("probe_view")
+    assert encode_rows(bulk.config, view, first) is not None  # no fallback to Feast's path
+    served = []
+    for frame in (first, second):
+        for resource in feast.values():
+            resource.store().write_to_online_store("probe_view", df=frame)
+        expected = stored_rows(feast["stock"])
+        assert len(expected) == len(features) * len(frame[list(key_types)].drop_duplicates())
+        assert stored_rows(feast["bulk"]) == expected
+        answers = [online(feast[name], frame, list(key_types), refs) for name in ("bulk", "stock")]
+        assert answers[0] == answers[1]
+        served.append(answers[0])
+    assert served[0]["f64"][1] == 0.0 and served[1]["f64"][1] is None  # the older row's null
+    assert served[0]["name"][5] is None and served[0]["flag"][2] is None
+
+
+def test_a_dtype_it_does_not_encode_goes_through_feast(tmp_path: Path):
+    from feast.types import Array, Float64, Int64, String, UnixTimestamp
+
+    from mlops_resources.feast_online_write import encode_rows
+
+    features = {"x": Float64, "seen": UnixTimestamp, "tags": Array(Int64)}
+    frame = pd.DataFrame(
+        {
+            "customer_id": ["a", "b", "c"],
+            "ts": pd.to_datetime(["2024-01-01", "2024-01-02", "2024-01-03"], utc=True),
+            "x": [1.5, np.nan, -2.0],
+            "seen": pd.to_datetime(["2023-05-01", "2023-05-02", "2023-05-03"], utc=True),
+            "tags": [[1, 2], [], [3]],
+        }
+    )
+    feast = stores(tmp_path)
+    for resource in feast.values():
+        resource.apply(definitions(tmp_path, features, {"customer_id": String}))
+        resource.store().write_to_online_store("probe_view", df=frame)
+    bulk = feast["bulk"].store()
+    assert encode_rows(bulk.config, bulk.get_feature_view("probe_view"), frame) is None
+    assert stored_rows(feast["bulk"]) == stored_rows(feast["stock"])
+    assert len(stored_rows(feast["bulk"])) == 9
+    refs = [f"probe_view:{name}" for name in features]
+    answers = [online(feast[name], frame, ["customer_id"], refs) for name in ("bulk", "stock")]
+    assert answers[0] == answers[1]
+
+
+def test_write_online_of_the_demo_spec_matches_feast(home: Path, tmp_path: Path):
+    """The suite's own view (spec features as Float64 / String) through FeastResource.write_online
+    in several batches, over a day already written once."""
+    from mlops_assets.demo_data import DEMO_START, write_demo_data
+    from mlops_assets.features import feast_definitions, feature_refs, feature_view_name
+    from mlops_assets.spec import load_spec
+
+    spec = load_spec()
+    paths = write_demo_data(start=DEMO_START, days=2, rows_per_day=600)
+    days = [pd.read_parquet(path) for path in paths]
+    feast = stores(tmp_path, online_write_batch_rows=250)
+    for resource in feast.values():
+        resource.apply(feast_definitions(spec, resource))
+        for day in days:
+            resource.write_online(feature_view_name(spec), day, [spec.entity_key])
+    table = feature_view_name(spec)
+    expected = stored_rows(feast["stock"], table)
+    assert len(expected) >= 600 * len(spec.feature_names)
+    assert stored_rows(feast["bulk"], table) == expected
+    frame = pd.concat(days)
+    refs = feature_refs(spec)
+    answers = [online(feast[name], frame, [spec.entity_key], refs) for name in ("bulk", "stock")]
+    assert answers[0] == answers[1]
