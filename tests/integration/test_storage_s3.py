@@ -134,7 +134,7 @@ def test_a_failed_write_publishes_nothing_and_keeps_the_previous_value(bucket: s
     ).success
     with pytest.raises(Exception, match="died half-way"):
         materialize(
-            pipeline(frame(), [frame(), Unpicklable()], seen),  # type: ignore[arg-type]
+            pipeline(frame(), {"table": frame(), "bad": Unpicklable()}, seen),
             partition_key=DAY,
             resources={"io_manager": io_manager},
             selection=["demo/promotion"],
