@@ -104,14 +104,19 @@ def source_files(spec: PipelineSpec, day: date) -> list[Path]:
     files = sorted(Path(p) for p in glob.glob(pattern))
     if not files:
         raise SourceError(f"no source file matches {pattern} (partition {day.isoformat()})")
-    roots = data_roots(spec)
     for path in files:
-        if not any(path.resolve().is_relative_to(root) for root in roots):
-            raise SourceError(
-                f"{path}: outside the allowed data roots {[str(r) for r in roots]}; "
-                f"add its folder to {DATA_ROOTS_VAR} to read it"
-            )
+        require_inside_roots(spec, path)
     return files
+
+
+def require_inside_roots(spec: PipelineSpec, path: Path) -> None:
+    """Refuse `path` (a SourceError) unless it resolves, links followed, inside a data root."""
+    roots = data_roots(spec)
+    if not any(path.resolve().is_relative_to(root) for root in roots):
+        raise SourceError(
+            f"{path}: outside the allowed data roots {[str(r) for r in roots]}; "
+            f"add its folder to {DATA_ROOTS_VAR} to read it"
+        )
 
 
 def read_file(spec: PipelineSpec, path: Path, source: SourceSpec | None = None) -> Frame:

@@ -12,6 +12,7 @@ from dagster import (
 )
 
 from mlops_assets.data import partition_day
+from mlops_assets.followups import latest_record
 from mlops_assets.keys import (
     DRIFT_SENSOR,
     FEEDBACK_JOB,
@@ -117,10 +118,4 @@ def waiting_for_feedback(
 
 def batch_scored(context: SensorEvaluationContext, spec: PipelineSpec, partition: str) -> bool:
     """Only days a champion scored have something to evaluate."""
-    records = context.instance.fetch_materializations(
-        AssetRecordsFilter(
-            asset_key=asset_key(spec, "batch_predictions"), asset_partitions=[partition]
-        ),
-        limit=1,
-    )
-    return bool(records.records)
+    return latest_record(context, spec, "batch_predictions", partition) is not None

@@ -9,7 +9,7 @@ from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mlops_assets.data import DATA_ROOTS_VAR, SourceError, data_roots, day_bounds, read_file
+from mlops_assets.data import SourceError, day_bounds, read_file, require_inside_roots
 from mlops_assets.frames import Frame
 from mlops_assets.spec import PipelineSpec
 
@@ -26,18 +26,6 @@ class LabelSourceError(ValueError):
 def labels_file(spec: PipelineSpec, day: date) -> Path:
     """The label source's file for the events of `day` (it may not have arrived)."""
     return Path(spec.labels_pattern().replace("{date}", day.isoformat()))
-
-
-def inside_data_roots(spec: PipelineSpec, path: Path) -> Path:
-    """`path`, refused unless it resolves (links followed) inside a data root, as source
-    files are (mlops_assets.data.source_files)."""
-    roots = data_roots(spec)
-    if not any(path.resolve().is_relative_to(root) for root in roots):
-        raise LabelSourceError(
-            f"{path}: outside the allowed data roots {[str(r) for r in roots]}; "
-            f"add its folder to {DATA_ROOTS_VAR} to read it"
-        )
-    return path
 
 
 def label_signature(spec: PipelineSpec, day: date) -> str | None:
@@ -58,7 +46,10 @@ def label_row_count(spec: PipelineSpec, day: date) -> int:
     if path.suffix.lower() == ".parquet" or (spec.labels and spec.labels.format == "parquet"):
         import pyarrow.parquet as pq
 
-        inside_data_roots(spec, path)
+        try:
+            require_inside_roots(spec, path)
+        except SourceError as exc:
+            raise LabelSourceError(str(exc)) from exc
         try:
             return pq.read_metadata(path).num_rows
         except (OSError, ValueError) as exc:  # pyarrow's errors do not name the file
@@ -80,8 +71,8 @@ def read_labels(spec: PipelineSpec, day: date) -> Frame:
             "day(s) after its events"
         )
     assert spec.labels is not None
-    inside_data_roots(spec, path)
     try:
+        require_inside_roots(spec, path)
         frame = read_file(spec, path, source=spec.labels)
     except SourceError as exc:
         raise LabelSourceError(str(exc)) from exc

@@ -180,3 +180,16 @@ def test_late_or_failed_label_feedback_never_stops_new_days(home, tmp_path):
     os.utime(label_file, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # delivered again
     [(job, partition, again)] = tick()
     assert (job, partition) == (feedback_job, DAYS[0].isoformat()) and again != run_key
+
+
+def test_a_label_file_outside_the_data_roots_is_refused(home, tmp_path, tmp_path_factory):
+    """Label files are read only inside the data roots, as source files are (a link followed)."""
+    spec = load_spec(label_spec(tmp_path))
+    labels = write_day(tmp_path, DAYS[0], features=False)
+    outside = tmp_path_factory.mktemp("outside") / "labels.parquet"
+    labels.to_parquet(outside, index=False)
+    path = tmp_path / "labels" / f"labels_{DAYS[0].isoformat()}.parquet"
+    path.unlink()
+    path.symlink_to(outside)
+    with pytest.raises(LabelSourceError, match=rf"{path}: outside the allowed data roots"):
+        read_labels(spec, DAYS[0])
