@@ -28,7 +28,7 @@ from mlops_assets.keys import (
 from mlops_assets.markdown import markdown_table
 from mlops_assets.spec import PREDICTION_COLUMN, PipelineSpec
 from mlops_assets.training import REFERENCE_ARTIFACT_DIR, REFERENCE_FILE
-from mlops_resources.drift_detection import DriftTest, EvidentlyResource
+from mlops_resources.drift_detection import DriftOutcome, DriftTest, EvidentlyResource
 from mlops_resources.mlflow_tracking import MLflowResource
 from mlops_resources.storage import ReportStoreResource
 
@@ -180,9 +180,23 @@ def is_numeric_column(spec: PipelineSpec, column: str) -> bool:
     return next(f.type for f in spec.features if f.name == column) == "numeric"
 
 
-def build_drift_report(spec: PipelineSpec) -> AssetsDefinition:
+def compare_to_reference(
+    evidently: EvidentlyResource, spec: PipelineSpec, reference: Frame, current: Frame
+) -> DriftOutcome:
+    """Evidently's test of every monitored column of `current` (the features and the model
+    output) against a model's training `reference`, with the spec's methods and thresholds."""
     columns = [*spec.feature_names, PREDICTION_COLUMN]
+    return evidently.compare(
+        reference,
+        current,
+        numeric=[c for c in columns if is_numeric_column(spec, c)],
+        categorical=[c for c in columns if not is_numeric_column(spec, c)],
+        tests=drift_tests(spec),
+        sample_size=spec.monitoring.drift.sample_size,
+    )
 
+
+def build_drift_report(spec: PipelineSpec) -> AssetsDefinition:
     @asset(
         **drift_report_args(
             spec,
@@ -203,14 +217,7 @@ def build_drift_report(spec: PipelineSpec) -> AssetsDefinition:
         version = str(batch_predictions["model_version"].iloc[0])
         reference = load_reference(mlflow, spec, version)
         current = current_frame(spec, validated_data, batch_predictions)
-        outcome = evidently.compare(
-            reference,
-            current,
-            numeric=[c for c in columns if is_numeric_column(spec, c)],
-            categorical=[c for c in columns if not is_numeric_column(spec, c)],
-            tests=drift_tests(spec),
-            sample_size=spec.monitoring.drift.sample_size,
-        )
+        outcome = compare_to_reference(evidently, spec, reference, current)
         online = drift_online(spec, context, mlflow, evidently, reports)
         yield from drift_outputs(
             context, spec, reports, outcome, version, sampled=outcome.sampled, online=online
@@ -244,8 +251,9 @@ def drift_online(
     online = online_drift(
         spec,
         partition_day(context.partition_key),
-        evidently,
-        drift_tests(spec),
+        compare=lambda reference, current: compare_to_reference(
+            evidently, spec, reference, current
+        ),
         reference_of=lambda version: load_reference(mlflow, spec, version),
         save_report=lambda html: reports.save(key, html, run_id=context.run.run_id),
     )

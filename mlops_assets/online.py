@@ -24,7 +24,7 @@ from mlops_assets.serving.request_log import request_log_folder
 from mlops_assets.spec import PREDICTION_COLUMN, PipelineSpec, Task
 
 if TYPE_CHECKING:
-    from mlops_resources.drift_detection import DriftOutcome, DriftTest, EvidentlyResource
+    from mlops_resources.drift_detection import DriftOutcome
 
 
 def read_online_predictions(spec: PipelineSpec, day: date) -> "Frame | None":
@@ -98,31 +98,20 @@ def online_monitored_frame(spec: PipelineSpec, online: "Frame") -> "Frame":
 def online_drift(
     spec: PipelineSpec,
     day: date,
-    evidently: "EvidentlyResource",
-    tests: "dict[str, DriftTest]",
+    compare: Callable[["Frame", "Frame"], "DriftOutcome"],
     reference_of: Callable[[str], "Frame"],
     save_report: Callable[[str], str],
 ) -> dict[str, Any]:
     """Drift of what was served online on `day`: the logged rows answered by the version that
     answered most of them, against that version's training reference (`reference_of(version)`),
-    with drift_report's tests; the HTML report saved with `save_report(html)`. {} when nothing
-    was logged that day."""
+    with drift_report's test (`compare(reference, current)`); the HTML report saved with
+    `save_report(html)`. {} when nothing was logged that day."""
     online = read_online_predictions(spec, day)
     if online is None or online.empty:
         return {}
     version = str(online["model_version"].mode().iloc[0])
     served = online[online["model_version"].astype(str) == version]
-    numeric_output = spec.task != Task.multiclass_classification
-    numeric = [f.name for f in spec.features if f.type == "numeric"]
-    categorical = [f.name for f in spec.features if f.type != "numeric"]
-    outcome: DriftOutcome = evidently.compare(
-        reference_of(version),
-        online_monitored_frame(spec, served),
-        numeric=numeric + ([PREDICTION_COLUMN] if numeric_output else []),
-        categorical=categorical + ([] if numeric_output else [PREDICTION_COLUMN]),
-        tests=tests,
-        sample_size=spec.monitoring.drift.sample_size,
-    )
+    outcome = compare(reference_of(version), online_monitored_frame(spec, served))
     features = spec.feature_names
     share = outcome.share(features)
     prediction = next(c for c in outcome.columns if c.column == PREDICTION_COLUMN)

@@ -22,10 +22,9 @@ from dagster import (
 
 from mlops_assets.data import newest_arrived_day, partition_day, partitioned
 from mlops_assets.drift import (
+    compare_to_reference,
     drift_outputs,
     drift_report_args,
-    drift_tests,
-    is_numeric_column,
     load_reference,
 )
 from mlops_assets.features import change_day, training_output, window_dep
@@ -35,7 +34,7 @@ from mlops_assets.memory_bound import require_fits
 from mlops_assets.ml.windows import choose_window, label_cutoff
 from mlops_assets.spark_engine import offline, sampling, scoring
 from mlops_assets.spark_engine.assets import SparkFrame, spark_schema
-from mlops_assets.spec import PREDICTION_COLUMN, PipelineSpec
+from mlops_assets.spec import PipelineSpec
 from mlops_resources.drift_detection import EvidentlyResource
 from mlops_resources.feast_store import FeastResource
 from mlops_resources.mlflow_tracking import MLflowResource
@@ -135,7 +134,6 @@ def build_spark_batch_predictions(spec: PipelineSpec) -> AssetsDefinition:
 
 def build_spark_drift_report(spec: PipelineSpec) -> AssetsDefinition:
     drift = spec.monitoring.drift
-    columns = [*spec.feature_names, PREDICTION_COLUMN]
 
     @asset(
         **drift_report_args(
@@ -158,14 +156,7 @@ def build_spark_drift_report(spec: PipelineSpec) -> AssetsDefinition:
         reference = load_reference(mlflow, spec, version)
         current = sampling.current_rows(validated_data, batch_predictions, spec)
         sample, total = sampling.sample_rows(current, drift.sample_size, seed=evidently.seed)
-        outcome = evidently.compare(
-            reference,
-            sample,
-            numeric=[c for c in columns if is_numeric_column(spec, c)],
-            categorical=[c for c in columns if not is_numeric_column(spec, c)],
-            tests=drift_tests(spec),
-            sample_size=drift.sample_size,
-        )
+        outcome = compare_to_reference(evidently, spec, reference, sample)
         context.log.info(f"Spark drew {len(sample)} of the day's {total} rows")
         yield from drift_outputs(
             context,
