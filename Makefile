@@ -44,7 +44,7 @@ mlflow-ui: install
 
 test: install
 	$(BIN)/ruff check .
-	$(BIN)/pytest -q -p no:cacheprovider --ignore=tests/integration
+	$(BIN)/pytest -q -p no:cacheprovider --durations=15 --ignore=tests/integration
 
 # Production profile on real servers (PostgreSQL, Redis, moto S3, MLflow server) and the UI in
 # headless Chromium; installs what it needs and stops every server it started (scripts/).

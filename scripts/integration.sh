@@ -47,4 +47,4 @@ else
     export MLOPS_INTEGRATION_UNAVAILABLE="PostgreSQL or Redis missing: ${apt_problem:-unknown}"
     echo "[integration] $MLOPS_INTEGRATION_UNAVAILABLE: the server tests will skip" >&2
 fi
-"$BIN/pytest" -q -p no:cacheprovider -rs tests/integration
+"$BIN/pytest" -q -p no:cacheprovider -rs --durations=15 tests/integration

@@ -179,8 +179,8 @@ def build_spark_features(spec: PipelineSpec) -> AssetsDefinition:
 def build_spark_online_features(spec: PipelineSpec) -> AssetsDefinition:
     """The day's newest feature values per entity written to the Feast online store (as the
     pandas engine's online_features): Spark keeps each entity's newest row of the day's
-    offline partition on the executors; those rows (one per entity) are written with Feast's
-    write_to_online_store from the step."""
+    offline partition, and the executors write those rows (offline.write_online_on_executors);
+    the driver never collects them."""
 
     @asset(
         **partitioned(spec, "online_features"),
@@ -206,11 +206,8 @@ def build_spark_online_features(spec: PipelineSpec) -> AssetsDefinition:
             .withColumn("_rank", F.row_number().over(newest))
             .where(F.col("_rank") == 1)
             .drop("_rank")
-            .toPandas()
         )
-        written = offline.spark_feast(feast).write_online(
-            feature_view_name(spec), rows, [spec.entity_key]
-        )
+        written = offline.write_online_on_executors(rows, spec, feast)
         context.log.info(f"wrote the newest row of {written} entities of {day} online")
         return Output(
             None,

@@ -10,6 +10,11 @@ offline store, whose SQL runs on the cluster and whose result stays a Spark Data
 The Spark offline store reads only SparkSources and the file offline store only FileSources,
 so a spark pipeline's Feast calls go through a copy of the project's FeastResource whose
 offline store is `spark` (same project, registry and online store): `spark_feast`.
+
+Online writes run on the executors, as Feast's Spark compute engine writes (mapInPandas with the
+feature view and repo config shipped to each task), but through the configured provider's
+`ingest_df`, the code behind `write_to_online_store`: the embedded sqlite store keeps its bulk
+write, Redis gets Feast's own. The driver collects one count per batch, never the rows.
 """
 
 from __future__ import annotations
@@ -131,3 +136,34 @@ def rows_by_day(
         .collect()
     )
     return {date.fromisoformat(str(r[0])): int(r[1]) for r in counts}
+
+
+def write_online_on_executors(rows: DataFrame, spec: PipelineSpec, feast: FeastResource) -> int:
+    """Write `rows` (keys, timestamp, features; one row per entity) to the online store from
+    the executors; returns the rows written. A sqlite store has one writer at a time, so its
+    rows go through one task (in key order); other stores are written by every partition."""
+    from feast.infra.common.serde import SerializedArtifacts
+    from pyspark.sql import functions as F
+
+    from mlops_assets.features import feature_view_name
+
+    store = spark_feast(feast).store()
+    view = store.get_feature_view(feature_view_name(spec))
+    artifacts = SerializedArtifacts.serialize(feature_view=view, repo_config=store.config)
+    if feast.online_store_config().get("type", "sqlite") == "sqlite":
+        rows = rows.coalesce(1).sortWithinPartitions(spec.entity_key)
+
+    def write_batches(batches: Any) -> Any:
+        import pandas as pd
+        from feast.infra.provider import get_provider
+
+        batch_view, _, _, config = artifacts.unserialize()
+        provider = get_provider(config)
+        for batch in batches:
+            if len(batch):
+                provider.ingest_df(batch_view, batch)
+            yield pd.DataFrame({"written": [len(batch)]})
+
+    written = rows.mapInPandas(write_batches, "written long").agg(F.sum("written")).collect()
+    return int(written[0][0] or 0)
+
