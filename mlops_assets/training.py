@@ -33,7 +33,7 @@ from mlops_assets.keys import (
     asset_ins,
     asset_key,
 )
-from mlops_assets.ml.dataset import content_hash, split, train_weights
+from mlops_assets.ml.dataset import content_hash, mlflow_dataset, split, train_weights
 from mlops_assets.ml.evaluation import evaluate, monitored_output
 from mlops_assets.ml.governance.lineage import lineage_tags
 from mlops_assets.ml.model_kinds import log_model, model_kind, train_model
@@ -160,15 +160,10 @@ def build_candidate_model(spec: PipelineSpec) -> AssetsDefinition:
             # The content hash (the DataVersion) is the dataset's digest: exact, computed once.
             # MLflow's own digest maps `type` over every cell (33 s on 800k rows).
             version_of_data = content_hash(training_set)
-            mlflow_api.log_input(
-                mlflow_api.data.from_pandas(
-                    training_set,
-                    name=f"{spec.name}_training_set",
-                    targets=spec.label,
-                    digest=version_of_data,
-                ),
-                context="training",
+            dataset = mlflow_dataset(
+                training_set, f"{spec.name}_training_set", spec.label, version_of_data
             )
+            mlflow_api.log_input(dataset, context="training")
             info = log_model(model, spec, X_train.head(50))
             log_reference(model, spec, X_train, train_weights(training_set))
             report = log_governance(

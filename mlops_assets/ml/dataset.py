@@ -1,8 +1,9 @@
 """The training set as the models see it: its split and weight columns, the rows of a split,
-the recency weights of the train rows and the content hash that is its data version."""
+the recency weights of the train rows, the content hash that is its data version and its
+MLflow dataset input."""
 
 import hashlib
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from mlops_assets.spec import PipelineSpec
 
@@ -14,6 +15,8 @@ if TYPE_CHECKING:
 SPLIT_COLUMN = "split"
 # Per-row training weight: recency weights under the weighted policy, else 1.0.
 WEIGHT_COLUMN = "sample_weight"
+# Rows, spread over the frame, that the MLflow dataset input's schema is inferred from.
+SCHEMA_SAMPLE_ROWS = 10_000
 
 
 def split(df: "pd.DataFrame", spec: PipelineSpec, part: str) -> "tuple[pd.DataFrame, pd.Series]":
@@ -37,3 +40,24 @@ def content_hash(df: "pd.DataFrame") -> str:
     digest = hashlib.sha256(",".join(map(str, df.columns)).encode())
     digest.update(pd.util.hash_pandas_object(df, index=False).to_numpy().tobytes())
     return digest.hexdigest()[:16]
+
+
+def mlflow_dataset(df: "pd.DataFrame", name: str, targets: str, digest: str) -> Any:
+    """`mlflow.data.from_pandas(df, ...)` with the given digest, its schema (column names and
+    types) inferred from at most SCHEMA_SAMPLE_ROWS rows spread over the frame. MLflow infers
+    it from every value of every text column: ~100 s for a 4,000,000-row training set. The
+    profile (row and element counts) is still the whole frame's."""
+    from functools import cached_property
+
+    import mlflow
+    from mlflow.data.pandas_dataset import PandasDataset
+    from mlflow.models import infer_signature
+
+    class SampledSchemaDataset(PandasDataset):
+        @cached_property
+        def schema(self) -> Any:
+            step = max(1, len(self.df) // SCHEMA_SAMPLE_ROWS)
+            return infer_signature(self.df.iloc[::step]).inputs
+
+    base = mlflow.data.from_pandas(df, name=name, targets=targets, digest=digest)
+    return SampledSchemaDataset(df, base.source, targets=targets, name=name, digest=digest)
