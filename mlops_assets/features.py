@@ -29,7 +29,7 @@ from mlops_assets.frames import Frame
 from mlops_assets.keys import CHANGE_DAY_TAG, Meta, asset_ins, asset_key
 from mlops_assets.labels import LabelSourceError, label_row_count, read_labels
 from mlops_assets.memory_bound import require_fits
-from mlops_assets.ml.dataset import SPLIT_COLUMN, WEIGHT_COLUMN
+from mlops_assets.ml.dataset import SPLIT_COLUMN, WEIGHT_COLUMN, ordered_rows
 from mlops_assets.ml.windows import (
     TrainingWindow,
     choose_window,
@@ -252,7 +252,7 @@ def training_output(
 ) -> Output[Frame]:
     """The joined rows of a training window, ordered, split (the newest rows are the holdout
     the gate judges on), weighted, versioned by content and described for the UI."""
-    df = df.sort_values([spec.timestamp, spec.entity_key]).reset_index(drop=True)
+    df = ordered_rows(df, spec.timestamp, spec.entity_key)
     row_days = df[spec.timestamp].dt.date
     holdout = holdout_mask(spec, row_days, df[spec.timestamp], window.days)
     if holdout.all() or not holdout.any():
@@ -268,7 +268,7 @@ def training_output(
     )
     version = content_hash(df)
     counts = df[SPLIT_COLUMN].value_counts().to_dict()
-    judged_on = sorted({str(d) for d in row_days[holdout]})
+    judged_on = sorted(str(d) for d in row_days[holdout].unique())
     return Output(
         df,
         data_version=DataVersion(version),

@@ -1,11 +1,12 @@
-"""The MLflow dataset input of candidate_model: its schema is inferred from a sample of rows,
-and must be the schema MLflow infers from every row."""
+"""mlops_assets.ml.dataset: the training set's row order, and the MLflow dataset input of
+candidate_model, whose schema is inferred from a sample of rows and must be the schema MLflow
+infers from every row."""
 
 import mlflow
 import numpy as np
 import pandas as pd
 
-from mlops_assets.ml.dataset import SCHEMA_SAMPLE_ROWS, mlflow_dataset
+from mlops_assets.ml.dataset import SCHEMA_SAMPLE_ROWS, mlflow_dataset, ordered_rows
 
 
 def training_like(rows: int) -> pd.DataFrame:
@@ -34,3 +35,15 @@ def test_sampled_schema_is_the_full_schema() -> None:
     assert mine == theirs
     assert mine["digest"] == "abc123"
     assert '"num_rows": 50007' in mine["profile"]
+
+
+def test_ordered_rows_is_the_pandas_sort() -> None:
+    """Ties on the timestamp are broken by the key, as sort_values orders text (code points)."""
+    df = training_like(20_000).sample(frac=1, random_state=5)
+    df["event_timestamp"] = df["event_timestamp"].dt.floor("min")  # 60 rows a timestamp
+    df.loc[df.index[:50], "customer_id"] = ["é", "Z", "a", "Ä", "b"] * 10 + df.index[:50].astype(
+        str
+    )
+    expected = df.sort_values(["event_timestamp", "customer_id"]).reset_index(drop=True)
+    ordered = ordered_rows(df, "event_timestamp", "customer_id")
+    pd.testing.assert_frame_equal(ordered, expected)
