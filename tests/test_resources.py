@@ -31,6 +31,7 @@ def test_gx_reports_counts_and_samples_per_failed_rule():
     )
     assert not outcome.success and outcome.evaluated == 5
     failed = {f.rule(): f for f in outcome.failures}
+    assert len(failed) == 4  # the details pass re-runs exactly the failed rules
     assert failed["expect_column_values_to_not_be_null(x)"].unexpected_count == 1
     assert failed["expect_column_values_to_be_between(x)"].sample == ["7.0", "9.0"]
     assert "expect_column_to_exist(missing)" in failed
