@@ -31,9 +31,10 @@ def main() -> None:
     from mlops_assets.demo_data import DEMO_START, generate_day
     from mlops_assets.features import SPLIT_COLUMN
     from mlops_assets.ml.estimators import build_estimator
+    from mlops_assets.ml.evaluation import model_output
     from mlops_assets.ml.governance import lineage
     from mlops_assets.ml.governance.plots import governance_figures
-    from mlops_assets.ml.governance.report import governance_report
+    from mlops_assets.ml.governance.report import governance_report, holdout_rows
     from mlops_assets.spec import load_spec
     from mlops_resources.mlflow_tracking import MLflowResource
 
@@ -52,7 +53,8 @@ def main() -> None:
         timings["fit"].append(time.perf_counter() - started)
         with resource.start_run("bench"):
             started = time.perf_counter()
-            report = governance_report(spec, model, df)
+            holdout = holdout_rows(df)[spec.feature_names]
+            report = governance_report(spec, df, *model_output(model, holdout, spec))
             timings["report"].append(time.perf_counter() - started)
             started = time.perf_counter()
             for name, figure in governance_figures(spec, report).items():

@@ -13,7 +13,7 @@ import tempfile
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dagster import AssetRecordsFilter, MetadataValue
 
@@ -44,6 +44,9 @@ from mlops_assets.ml.governance.plots import governance_figures
 from mlops_assets.ml.governance.report import governance_metrics, governance_report
 from mlops_assets.spec import PipelineSpec
 from mlops_resources.mlflow_tracking import MLflowResource
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 def upstream_data_versions(
@@ -93,18 +96,19 @@ def lineage(
 def log_governance(
     context: Any,
     spec: PipelineSpec,
-    model: Any,
     training_set: Frame,
+    holdout_output: "tuple[np.ndarray, np.ndarray | None]",
     torch_settings: dict[str, Any] | None = None,
     training_version: str | None = None,
 ) -> dict[str, Any]:
-    """Compute the governance report and log it to the active MLflow run with the inputs that
-    reproduce the model (spec, training set and, for torch_mlp, the Torch executor's settings)
-    and the plots. Returns the report. `training_version`: the training set's content hash,
-    if known (it is computed otherwise)."""
+    """Compute the governance report from the model's output on the holdout rows (see
+    model_output) and log it to the active MLflow run with the inputs that reproduce the model
+    (spec, training set and, for torch_mlp, the Torch executor's settings) and the plots.
+    Returns the report. `training_version`: the training set's content hash, if known (it is
+    computed otherwise)."""
     import mlflow
 
-    report = governance_report(spec, model, training_set)
+    report = governance_report(spec, training_set, *holdout_output)
     report["lineage"] = lineage(context, spec, training_set, training_version)
     versions = report["lineage"]["data_versions"]
     mlflow.log_params(

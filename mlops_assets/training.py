@@ -34,7 +34,7 @@ from mlops_assets.keys import (
     asset_key,
 )
 from mlops_assets.ml.dataset import content_hash, mlflow_dataset, split, train_weights
-from mlops_assets.ml.evaluation import evaluate, monitored_output
+from mlops_assets.ml.evaluation import model_output, monitored_output, output_metrics
 from mlops_assets.ml.governance.lineage import lineage_tags
 from mlops_assets.ml.model_kinds import log_model, model_kind, train_model
 from mlops_assets.spec import PREDICTION_COLUMN, PipelineSpec
@@ -139,7 +139,9 @@ def build_candidate_model(spec: PipelineSpec) -> AssetsDefinition:
                 log_metric=lambda name, value, step: mlflow_api.log_metric(name, value, step=step),
                 pipes_context=context,
             )
-            metrics = evaluate(model, X_hold, y_hold, spec)
+            # the holdout is scored once: for the metrics and the governance report
+            holdout_output = model_output(model, X_hold, spec)
+            metrics = output_metrics(*holdout_output, y_hold, spec)
             context.log.info(f"holdout metrics: {metrics}")
             device = kind.device_info(torch_executor)
             mlflow_api.log_params(device)
@@ -169,8 +171,8 @@ def build_candidate_model(spec: PipelineSpec) -> AssetsDefinition:
             report = log_governance(
                 context,
                 spec,
-                model,
                 training_set,
+                holdout_output,
                 kind.settings_record(torch_executor),
                 training_version=version_of_data,
             )

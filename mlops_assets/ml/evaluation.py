@@ -86,13 +86,16 @@ def monitored_output(model: Any, X: Frame, spec: PipelineSpec) -> np.ndarray:
 
 def score(model: object, X: Frame, spec: PipelineSpec) -> Frame:
     """Predictions (and for binary tasks the positive-class score) for feature rows."""
-    import numpy as np
+    return output_frame(*model_output(model, X, spec), spec)
+
+
+def output_frame(output: np.ndarray, classes: np.ndarray | None, spec: PipelineSpec) -> Frame:
+    """`score`'s frame from a model's output (see model_output)."""
     import pandas as pd
 
-    if not spec.is_classification:
-        return pd.DataFrame({"prediction": np.asarray(model.predict(X), dtype=float)})
-    proba = model.predict_proba(X)
-    classes = np.asarray(model.classes_)
+    if classes is None:
+        return pd.DataFrame({"prediction": output})
+    proba = output
     out = pd.DataFrame({"prediction": classes[proba.argmax(axis=1)]})
     if len(classes) == 2:
         out["score"] = proba[:, list(classes).index(positive_class(spec, classes))]

@@ -166,4 +166,3 @@ def write_online_on_executors(rows: DataFrame, spec: PipelineSpec, feast: FeastR
 
     written = rows.mapInPandas(write_batches, "written long").agg(F.sum("written")).collect()
     return int(written[0][0] or 0)
-

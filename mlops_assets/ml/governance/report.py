@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from mlops_assets.ml.dataset import SPLIT_COLUMN
-from mlops_assets.ml.evaluation import positive_class, score
+from mlops_assets.ml.evaluation import model_output, output_frame, positive_class
 from mlops_assets.ml.governance.calibration import calibration_report
 from mlops_assets.ml.governance.fairness import (
     FAIRNESS_THRESHOLDS,
@@ -18,21 +18,27 @@ from mlops_assets.ml.governance.slices import slice_metrics, slice_rules
 from mlops_assets.spec import PipelineSpec, Task
 
 if TYPE_CHECKING:
+    import numpy as np
     import pandas as pd
 
     Frame = pd.DataFrame
 
 
-def governance_report(spec: PipelineSpec, model: Any, training_set: Frame) -> dict[str, Any]:
-    """Slices, fairness and calibration of a model on the training set's holdout."""
-    import numpy as np
+def holdout_rows(training_set: Frame) -> Frame:
+    """The training set's holdout rows, in order, with a fresh RangeIndex."""
+    return training_set[training_set[SPLIT_COLUMN] == "holdout"].reset_index(drop=True)
 
-    holdout = training_set[training_set[SPLIT_COLUMN] == "holdout"].reset_index(drop=True)
-    report: dict[str, Any] = {"slices": slice_metrics(spec, model, holdout)}
-    if not spec.is_classification:
+
+def governance_report(
+    spec: PipelineSpec, training_set: Frame, output: np.ndarray, classes: np.ndarray | None
+) -> dict[str, Any]:
+    """Slices, fairness and calibration of a model on the training set's holdout, from the
+    model's output on the holdout rows (see model_output: scored once by the caller)."""
+    holdout = holdout_rows(training_set)
+    report: dict[str, Any] = {"slices": slice_metrics(spec, holdout, output, classes)}
+    if classes is None:
         return report
-    scored = score(model, holdout[spec.feature_names], spec)
-    classes = np.asarray(model.classes_)
+    scored = output_frame(output, classes, spec)
     report["fairness"] = fairness_report(
         spec, holdout, scored["prediction"], favorable_class(spec, classes)
     )
@@ -69,8 +75,9 @@ def gate_rules(
     report = candidate.get("governance", {})
     rules = fairness_rules(spec, report.get("fairness"))
     if champion_model is not None and spec.governance.slice_tolerance is not None:
-        holdout = training_set[training_set[SPLIT_COLUMN] == "holdout"].reset_index(drop=True)
+        holdout = holdout_rows(training_set)
+        champion_output = model_output(champion_model, holdout[spec.feature_names], spec)
         rules += slice_rules(
-            spec, report.get("slices", []), slice_metrics(spec, champion_model, holdout)
+            spec, report.get("slices", []), slice_metrics(spec, holdout, *champion_output)
         )
     return rules

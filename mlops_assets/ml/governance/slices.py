@@ -7,10 +7,11 @@ import math
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from mlops_assets.ml.evaluation import model_output, output_metrics
+from mlops_assets.ml.evaluation import output_metrics
 from mlops_assets.spec import METRICS_BY_TASK, PipelineSpec, SliceSpec
 
 if TYPE_CHECKING:
+    import numpy as np
     import pandas as pd
 
     Frame = pd.DataFrame
@@ -40,11 +41,12 @@ def slice_groups(spec: PipelineSpec, holdout: Frame) -> Iterator[tuple[str, str,
             yield column, str(value), index
 
 
-def slice_metrics(spec: PipelineSpec, model: Any, holdout: Frame) -> list[dict[str, Any]]:
-    """The task's metrics on each slice of the holdout (NaN where a metric is undefined); the
-    model scores the holdout once. `holdout` has a default RangeIndex."""
-
-    output, classes = model_output(model, holdout[spec.feature_names], spec)
+def slice_metrics(
+    spec: PipelineSpec, holdout: Frame, output: np.ndarray, classes: np.ndarray | None
+) -> list[dict[str, Any]]:
+    """The task's metrics on each slice of the holdout (NaN where a metric is undefined), from
+    a model's output on the whole holdout (see model_output). `holdout` has a default
+    RangeIndex."""
     rows = []
     for column, value, index in slice_groups(spec, holdout):
         rows.append(
