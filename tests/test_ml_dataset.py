@@ -1,12 +1,18 @@
-"""mlops_assets.ml.dataset: the training set's row order, and the MLflow dataset input of
-candidate_model, whose schema is inferred from a sample of rows and must be the schema MLflow
-infers from every row."""
+"""mlops_assets.ml.dataset: the training set's row order, its content hash (pandas' row
+hashes, computed column by column), and the MLflow dataset input of candidate_model, whose
+schema is inferred from a sample of rows and must be the schema MLflow infers from every row."""
 
 import mlflow
 import numpy as np
 import pandas as pd
 
-from mlops_assets.ml.dataset import SCHEMA_SAMPLE_ROWS, mlflow_dataset, ordered_rows
+from mlops_assets.ml.dataset import (
+    SCHEMA_SAMPLE_ROWS,
+    content_hash,
+    mlflow_dataset,
+    ordered_rows,
+    row_hashes,
+)
 
 
 def training_like(rows: int) -> pd.DataFrame:
@@ -47,3 +53,16 @@ def test_ordered_rows_is_the_pandas_sort() -> None:
     expected = df.sort_values(["event_timestamp", "customer_id"]).reset_index(drop=True)
     ordered = ordered_rows(df, "event_timestamp", "customer_id")
     pd.testing.assert_frame_equal(ordered, expected)
+
+
+def test_row_hashes_are_pandas_row_hashes() -> None:
+    df = training_like(30_000)  # distinct ids (hashed directly) and repeated text (factorized)
+    df["region"] = pd.Categorical(np.where(df["flag"], "north", "south"))
+    df.loc[::7, "income"] = np.nan
+    for frame in (df, df.iloc[:0], df[["purpose"]]):
+        expected = pd.util.hash_pandas_object(frame, index=False).to_numpy()
+        assert np.array_equal(row_hashes(frame), expected)
+    changed = df.copy()
+    changed.loc[12_345, "customer_id"] = "C99999999"
+    assert content_hash(changed) != content_hash(df)
+    assert content_hash(df.rename(columns={"term": "months"})) != content_hash(df)
