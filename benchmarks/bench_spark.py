@@ -146,12 +146,13 @@ def run_engine(engine: str, root: Path, data: Path) -> dict[str, Any]:
         "MLOPS_DATA_ROOTS": str(data),
         "PYTHONPATH": str(REPO),
     }
+    log = home / "worker.log"  # the worker's stderr: Dagster's and Spark's logs
     child = subprocess.Popen(
         [sys.executable, __file__, "--worker", str(spec)],
         env=env,
         cwd=REPO,
         stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
+        stderr=log.open("w"),
         text=True,
     )
     peak = 0
@@ -165,7 +166,8 @@ def run_engine(engine: str, root: Path, data: Path) -> dict[str, Any]:
         time.sleep(0.2)
     out = child.stdout.read() if child.stdout else ""
     if child.returncode != 0:
-        raise RuntimeError(f"{engine} worker failed ({child.returncode}): {out[-2000:]}")
+        tail = log.read_text(errors="replace")[-3000:]
+        raise RuntimeError(f"{engine} worker failed ({child.returncode}), {log}:\n{tail}")
     return {"timings": json.loads(out.strip().splitlines()[-1]), "peak_rss_mb": peak / 2**20}
 
 
