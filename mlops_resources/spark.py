@@ -36,7 +36,8 @@ from pydantic import Field, PrivateAttr
 from mlops_resources.storage import mlops_home
 
 if TYPE_CHECKING:
-    from pyspark.sql import SparkSession
+    import pandas as pd
+    from pyspark.sql import DataFrame, SparkSession
 
 # Resource keys: the SparkResource and the IO manager of the spark engine's asset values.
 SPARK_RESOURCE = "spark"
@@ -167,6 +168,26 @@ class SparkResource(ConfigurableResource):
         self._session = session
         return session
 
+    def warehouse(self) -> str:
+        """Where the spark engine's tables live: `warehouse_uri`, else $MLOPS_HOME/spark."""
+        return (self.warehouse_uri or str(mlops_home() / "spark")).rstrip("/")
+
+    def to_pandas(self, df: DataFrame) -> pd.DataFrame:
+        """`df`'s rows in this process: written by the executors to a scratch Parquet folder
+        under the warehouse (`_collected/`), read with pyarrow, then deleted. `toPandas` would
+        first gather every row on the driver JVM's heap: a 2,000,000-row training window ran
+        a local driver (1 GB heap) out of memory, and the rows would be held twice."""
+        import uuid
+
+        import pandas as pd
+
+        path = f"{self.warehouse()}/_collected/{uuid.uuid4().hex}"
+        try:
+            df.write.parquet(path)
+            return pd.read_parquet(readable_url(path))
+        finally:
+            remove_tree(path)
+
     def stop(self) -> None:
         """Stop the session this resource started (a no-op when none is running)."""
         if self._session is not None:
@@ -198,9 +219,8 @@ class SparkTableIOManager(ConfigurableIOManager):
     def path(self, context: OutputContext | InputContext) -> str:
         """Where the value of `context`'s asset partition lives."""
         key = (context.upstream_output if isinstance(context, InputContext) else context).asset_key
-        base = self.spark.warehouse_uri or str(mlops_home() / "spark")
         partition = context.asset_partition_key if context.has_asset_partitions else "all"
-        return "/".join([base.rstrip("/"), *key.path, partition])
+        return "/".join([self.spark.warehouse(), *key.path, partition])
 
     def handle_output(self, context: OutputContext, obj: Any) -> None:
         if obj is None:
@@ -217,7 +237,7 @@ class SparkTableIOManager(ConfigurableIOManager):
         if context.dagster_type.display_name == "DataFrame":  # a pandas consumer (Frame)
             import pandas as pd
 
-            return pd.read_parquet(path)
+            return pd.read_parquet(readable_url(path))
         return self.spark.session().read.parquet(path)
 
 
@@ -268,3 +288,22 @@ def replace_folder(path: str, run_id: str, write: Any) -> None:
         os.replace(path, old)
     os.replace(tmp, path)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def readable_url(path: str) -> str:
+    """A Spark path as pandas and pyarrow open it: Hadoop's `s3a://` is fsspec's `s3://`."""
+    return "s3://" + path.removeprefix("s3a://") if path.startswith("s3a://") else path
+
+
+def remove_tree(path: str) -> None:
+    """Delete a folder Spark wrote (local or in an object store); nothing when it is absent."""
+    if "://" not in path:
+        import shutil
+
+        shutil.rmtree(path, ignore_errors=True)
+        return
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(readable_url(path))
+    if fs.exists(root):
+        fs.rm(root, recursive=True)

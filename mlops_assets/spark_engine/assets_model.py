@@ -80,8 +80,11 @@ def build_spark_training_set(spec: PipelineSpec) -> AssetsDefinition:
         )
         labels = offline.label_rows(session, spec, feast, window.days)
         context.log.info(f"{window.reason}: Feast's Spark point-in-time join of {window.days}")
-        df = offline.historical_features(feast, labels, spec).toPandas()
-        df[spec.timestamp] = pd.to_datetime(df[spec.timestamp], utc=True)
+        df = spark.to_pandas(offline.historical_features(feast, labels, spec))
+        # nanoseconds, as the pandas engine's rows (pyarrow keeps Spark's microseconds)
+        df[spec.timestamp] = pd.to_datetime(df[spec.timestamp], utc=True).astype(
+            "datetime64[ns, UTC]"
+        )
         return training_output(context.partition_key, spec, df, window, cutoff, engine="spark")
 
     return training_set

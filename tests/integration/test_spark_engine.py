@@ -158,7 +158,10 @@ def trained(stream: dict[str, Any]) -> dict[str, Any]:
     keys = [spec.timestamp, spec.entity_key]
     by_pandas = file_feast.historical_features(labels, pandas_features.feature_refs(spec))
     spark_labels = offline.label_rows(session, spec, spark_feast, window)
-    by_spark = offline.historical_features(spark_feast, spark_labels, spec).toPandas()
+    # collected as the spark training_set collects them: through Parquet the executors write
+    spark = stream["resource"]
+    by_spark = spark.to_pandas(offline.historical_features(spark_feast, spark_labels, spec))
+    assert not any(Path(spark.warehouse(), "_collected").iterdir())  # the scratch is deleted
     mlflow = MLflowResource()
     model = build_estimator(spec)
     model.fit(by_pandas[spec.feature_names], by_pandas[spec.label])
