@@ -247,7 +247,8 @@ def run_child(side: str, home: Path, rows: int, args: argparse.Namespace) -> dic
         "--window", str(args.window), "--online-max-rows", str(args.online_max_rows),
         "--executor", args.executor,
     ]  # fmt: skip
-    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
+    # in the home: MLflow puts the plain side's artifacts under ./mlruns of the working directory
+    done = subprocess.run(command, capture_output=True, text=True, cwd=home)
     lines = [x for x in done.stdout.splitlines() if x.startswith("RESULT ")]
     if done.returncode or not lines:
         raise SystemExit(f"{side} at {rows} rows failed:\n{done.stderr[-4000:]}")
