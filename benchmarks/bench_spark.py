@@ -147,14 +147,15 @@ def run_engine(engine: str, root: Path, data: Path) -> dict[str, Any]:
         "PYTHONPATH": str(REPO),
     }
     log = home / "worker.log"  # the worker's stderr: Dagster's and Spark's logs
-    child = subprocess.Popen(
-        [sys.executable, __file__, "--worker", str(spec)],
-        env=env,
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=log.open("w"),
-        text=True,
-    )
+    with log.open("w") as stderr:  # the child keeps its own copy of the descriptor
+        child = subprocess.Popen(
+            [sys.executable, __file__, "--worker", str(spec)],
+            env=env,
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+        )
     peak = 0
     parent = psutil.Process(child.pid)
     while child.poll() is None:
