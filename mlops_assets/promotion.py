@@ -44,7 +44,7 @@ from mlops_assets.keys import (
 )
 from mlops_assets.markdown import markdown_table
 from mlops_assets.ml.dataset import SPLIT_COLUMN, split
-from mlops_assets.ml.evaluation import evaluate
+from mlops_assets.ml.evaluation import model_output, output_metrics
 from mlops_assets.ml.gate import Blessing, decide
 from mlops_assets.ml.governance.report import gate_rules
 from mlops_assets.spec import METRICS_BY_TASK, PipelineSpec
@@ -147,9 +147,13 @@ def build_model_promotion(spec: PipelineSpec) -> AssetsDefinition:
             champion_model = (
                 load_registered_model(name, champion_version) if champion_version else None
             )
+            # the champion scores the holdout once: for its metrics and its slices
+            champion_output = (
+                model_output(champion_model, X_hold, spec) if champion_model is not None else None
+            )
             champion_metrics = (
-                evaluate(champion_model, X_hold, y_hold, spec)
-                if champion_model is not None
+                output_metrics(*champion_output, y_hold, spec)
+                if champion_output is not None
                 else None
             )
             blessing = decide(
@@ -158,7 +162,7 @@ def build_model_promotion(spec: PipelineSpec) -> AssetsDefinition:
                 candidate_model["metrics"],
                 champion_metrics,
                 champion_version,
-                gate_rules(spec, candidate_model, champion_model, training_set),
+                gate_rules(spec, candidate_model, champion_output, training_set),
             )
             blessing.message += f" (judged on the newest labelled rows, of {', '.join(judged_on)})"
             mlflow.tag_version(

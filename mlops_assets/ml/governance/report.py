@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from mlops_assets.ml.dataset import SPLIT_COLUMN
-from mlops_assets.ml.evaluation import model_output, output_frame, positive_class
+from mlops_assets.ml.evaluation import output_frame, positive_class
 from mlops_assets.ml.governance.calibration import calibration_report
 from mlops_assets.ml.governance.fairness import (
     FAIRNESS_THRESHOLDS,
@@ -67,17 +67,17 @@ def governance_metrics(report: dict[str, Any]) -> dict[str, float]:
 def gate_rules(
     spec: PipelineSpec,
     candidate: dict[str, Any],
-    champion_model: Any | None,
+    champion_output: tuple[np.ndarray, np.ndarray | None] | None,
     training_set: Frame,
 ) -> list[dict[str, Any]]:
     """Fairness rules for the candidate and, with a champion, the slice-regression rules
-    (champion scored on the same holdout slices)."""
+    (`champion_output`: the champion's model_output on the training set's holdout rows)."""
     report = candidate.get("governance", {})
     rules = fairness_rules(spec, report.get("fairness"))
-    if champion_model is not None and spec.governance.slice_tolerance is not None:
-        holdout = holdout_rows(training_set)
-        champion_output = model_output(champion_model, holdout[spec.feature_names], spec)
+    if champion_output is not None and spec.governance.slice_tolerance is not None:
         rules += slice_rules(
-            spec, report.get("slices", []), slice_metrics(spec, holdout, *champion_output)
+            spec,
+            report.get("slices", []),
+            slice_metrics(spec, holdout_rows(training_set), *champion_output),
         )
     return rules
