@@ -40,9 +40,9 @@ class MissingFeatureRows(ValueError):
 
 
 REGISTRY_STORE = f"{__name__}.AtomicFileRegistryStore"
-# mlops_resources/feast_online_write.py, named here so that importing this module loads no feast
-BULK_ONLINE_STORE = "mlops_resources.feast_online_write.BulkSqliteOnlineStore"
-BULK_WRITE_PROVIDER = "mlops_resources.feast_online_write.BulkWriteProvider"
+# mlops_resources/feast_entity_rows.py, named here so that importing this module loads no feast
+ENTITY_ROW_STORE = "mlops_resources.feast_entity_rows.EntityRowSqliteOnlineStore"
+ENTITY_ROW_PROVIDER = "mlops_resources.feast_entity_rows.EntityRowProvider"
 # Feast warns that the flag "typically has no effect" on a file registry; it does: the file
 # registry's reads honour it (tests/test_feast_concurrency.py).
 SERVE_WHILE_MATERIALIZING_WARNING = "`serve_features_while_materializing` is enabled but"
@@ -123,9 +123,9 @@ class FeastResource(ConfigurableResource):
     )
     online_bulk_write: bool = Field(
         default=True,
-        description="With a sqlite online store: write_to_online_store encodes whole columns "
-        "and writes each entity in one statement (mlops_resources/feast_online_write.py; the "
-        "same rows as Feast's own write). false: Feast's stock sqlite write.",
+        description="With a sqlite online store: one row per entity, whole columns encoded at "
+        "once by write_to_online_store (mlops_resources/feast_entity_rows.py; a store of "
+        "Feast's layout is moved in on apply). false: Feast's stock sqlite store.",
     )
     registry_lock_timeout_seconds: float = Field(
         default=3600.0,
@@ -152,10 +152,10 @@ class FeastResource(ConfigurableResource):
             self.root.mkdir(parents=True, exist_ok=True)
             logging.getLogger("feast.repo_config").addFilter(drop_serve_while_materializing_warning)
             online_store = self.feast_online_store_config()
-            bulk = online_store.get("type") == BULK_ONLINE_STORE
+            entity_rows = online_store.get("type") == ENTITY_ROW_STORE
             config = RepoConfig(
                 project=self.project,
-                provider=BULK_WRITE_PROVIDER if bulk else "local",
+                provider=ENTITY_ROW_PROVIDER if entity_rows else "local",
                 registry=self.registry_config(),
                 online_store=online_store,
                 offline_store=self.offline_store,
@@ -216,10 +216,10 @@ class FeastResource(ConfigurableResource):
 
     def feast_online_store_config(self) -> dict[str, Any]:
         """online_store_config as the FeatureStore gets it: a sqlite store becomes Feast's
-        sqlite store with bulk writes (BULK_ONLINE_STORE) unless online_bulk_write is off."""
+        sqlite store of entity rows (ENTITY_ROW_STORE) unless online_bulk_write is off."""
         config = self.online_store_config()
         if self.online_bulk_write and config.get("type") == "sqlite":
-            config["type"] = BULK_ONLINE_STORE
+            config["type"] = ENTITY_ROW_STORE
         return config
 
     def apply(self, objects: list[Any]) -> None:
@@ -312,7 +312,7 @@ class FeastResource(ConfigurableResource):
     def write_online(self, feature_view: str, df: pd.DataFrame, entity_keys: list[str]) -> int:
         """Write the newest row of each entity in `df` to the online store, in batches of
         `online_write_batch_rows`, with Feast's public `write_to_online_store` (`materialize`
-        re-reads the offline store first; on sqlite, bulk writes: docs/performance.md). The
+        re-reads the offline store first; on sqlite, entity rows: docs/performance.md). The
         newest row per entity is what a materialization of the same rows keeps. Batches go in
         key order, so each touches one key range of a sqlite store's indexes. Returns the rows
         written. The registry is read, not written: no lock is taken."""

@@ -1,6 +1,6 @@
-"""Bulk online writes (mlops_resources/feast_online_write.py) store exactly the rows Feast's own
-sqlite write stores, and Feast's get_online_features reads the same values back: real Feast,
-real sqlite files, one store written each way with the same frames."""
+"""The embedded online store of entity rows (mlops_resources/feast_entity_rows.py) serves what
+Feast's own sqlite store serves: real Feast, real sqlite files, one store written each way with
+the same frames, read back with Feast's get_online_features."""
 
 import sqlite3
 import time
@@ -10,19 +10,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from feast.online_response import TIMESTAMP_POSTFIX
 
-from mlops_resources.feast_store import BULK_ONLINE_STORE, FeastResource
-
-ROWS = (
-    "SELECT entity_key, feature_name, value, value_text, vector_value, event_ts, created_ts, "
-    "typeof(value), typeof(value_text), typeof(event_ts), typeof(created_ts) FROM {table} "
-    "ORDER BY entity_key, feature_name"
-)
+from mlops_resources.feast_store import ENTITY_ROW_STORE, FeastResource
 
 
 @pytest.fixture(params=["UTC", "America/New_York"])
 def local_zone(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch):
-    """Feast's sqlite adapter reads naive UTC times as local time: both zones must match."""
+    """Feast's sqlite adapter reads naive UTC times as local time: both zones must serve the
+    same."""
     monkeypatch.setenv("TZ", request.param)
     time.tzset()
     yield request.param
@@ -31,7 +27,7 @@ def local_zone(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch):
 
 
 def stores(root: Path, **fields: object) -> dict[str, FeastResource]:
-    """The same Feast project twice: written in bulk, and with Feast's stock sqlite write."""
+    """The same Feast project twice: entity rows, and Feast's stock sqlite store."""
     return {
         name: FeastResource(
             repo_path=str(root / name), project="probe", online_bulk_write=bulk, **fields
@@ -59,15 +55,33 @@ def definitions(root: Path, features: dict[str, object], keys: dict[str, object]
     return [*entities, view]
 
 
-def stored_rows(feast: FeastResource, view: str = "probe_view") -> list[tuple]:
-    path = feast.feast_online_store_config()["path"]
-    with sqlite3.connect(path) as db:
-        return db.execute(ROWS.format(table=f'"{feast.project}_{view}"')).fetchall()
+def tables(feast: FeastResource) -> dict[str, int]:
+    """Rows of each table in the store's sqlite file."""
+    with sqlite3.connect(feast.feast_online_store_config()["path"]) as db:
+        names = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+        return {n: db.execute(f'SELECT count(*) FROM "{n}"').fetchone()[0] for n in names}
 
 
 def online(feast: FeastResource, frame: pd.DataFrame, keys: list[str], refs: list[str]) -> dict:
-    rows = frame[keys].drop_duplicates().to_dict("records")
-    return feast.store().get_online_features(features=refs, entity_rows=rows).to_dict()
+    """Feast's answer for every key of `frame` and one unknown key, with event timestamps."""
+    rows = [*frame[keys].drop_duplicates().to_dict("records"), {k: frame[k].iloc[0] for k in keys}]
+    rows[-1][keys[0]] = "never-written" if frame[keys[0]].dtype == object else -7
+    response = feast.store().get_online_features(features=refs, entity_rows=rows)
+    return response.to_dict(include_event_timestamps=True)
+
+
+def values_and_times(answer: dict) -> tuple[dict, dict]:
+    """A to_dict answer split into feature values and event timestamps (seconds)."""
+    times = {k: v for k, v in answer.items() if k.endswith(TIMESTAMP_POSTFIX)}
+    return {k: v for k, v in answer.items() if k not in times}, times
+
+
+def newest_seconds(frame: pd.DataFrame, keys: list[str]) -> list[int]:
+    """The event time (whole seconds) of each key's last row in `frame`, as `online` asks."""
+    last = frame.drop_duplicates(keys, keep="last").set_index(keys)["ts"]
+    wanted = frame[keys].drop_duplicates()
+    stamps = last.loc[pd.MultiIndex.from_frame(wanted) if len(keys) > 1 else wanted[keys[0]]]
+    return [*(stamps.astype("int64") // 10**9).tolist(), 0]  # 0: the unknown key
 
 
 def typed_frame(rows: int, seed: int, stamps: list[str]) -> pd.DataFrame:
@@ -106,13 +120,13 @@ def typed_frame(rows: int, seed: int, stamps: list[str]) -> pd.DataFrame:
     return frame
 
 
-def test_the_default_sqlite_store_writes_in_bulk_and_redis_is_untouched(tmp_path: Path):
+def test_the_default_sqlite_store_has_entity_rows_and_redis_is_untouched(tmp_path: Path):
     default = FeastResource(repo_path=str(tmp_path))
     provider = default.store()._get_provider()
-    assert type(provider).__name__ == "BulkWriteProvider"
-    assert type(provider.online_store).__name__ == "BulkSqliteOnlineStore"
+    assert type(provider).__name__ == "EntityRowProvider"
+    assert type(provider.online_store).__name__ == "EntityRowSqliteOnlineStore"
     assert default.online_store_config()["type"] == "sqlite"  # what the assets report
-    assert default.feast_online_store_config()["type"] == BULK_ONLINE_STORE
+    assert default.feast_online_store_config()["type"] == ENTITY_ROW_STORE
     stock = FeastResource(repo_path=str(tmp_path), online_bulk_write=False)
     assert stock.feast_online_store_config()["type"] == "sqlite"
     redis = {"type": "redis", "connection_string": "redis.internal:6379"}
@@ -120,10 +134,10 @@ def test_the_default_sqlite_store_writes_in_bulk_and_redis_is_untouched(tmp_path
 
 
 @pytest.mark.parametrize("keys", ["string", "int_and_string"])
-def test_every_dtype_stores_the_bytes_feast_stores(tmp_path: Path, local_zone: str, keys: str):
+def test_every_dtype_serves_what_feast_serves(tmp_path: Path, local_zone: str, keys: str):
     from feast.types import Bool, Float32, Float64, Int32, Int64, String
 
-    from mlops_resources.feast_online_write import encode_rows
+    from mlops_resources.feast_entity_rows import encode_entity_rows
 
     features = {
         "f64": Float64,
@@ -151,8 +165,8 @@ def test_every_dtype_stores_the_bytes_feast_stores(tmp_path: Path, local_zone: s
         "2024-02-29 23:59:59.999999",
     ]
     first = typed_frame(400, seed=1, stamps=stamps)
-    # the same keys again, older and newer, other values and nulls: Feast's sqlite store keeps
-    # the last write whatever its timestamp
+    # the same keys again, older and newer, other values and nulls: both stores keep the last
+    # write whatever its timestamp
     second = typed_frame(400, seed=2, stamps=["2000-01-01"] * 11)
     second.loc[:5, "f64"] = np.nan
     for frame in (first, second):
@@ -162,27 +176,34 @@ def test_every_dtype_stores_the_bytes_feast_stores(tmp_path: Path, local_zone: s
     refs = [f"probe_view:{name}" for name in features]
     for resource in feast.values():
         resource.apply(definitions(tmp_path, features, key_types))
-    bulk = feast["bulk"].store()
-    view = bulk.get_feature_view("probe_view")
-    assert encode_rows(bulk.config, view, first) is not None  # no fallback to Feast's path
+    entity_rows = feast["bulk"].store()
+    view = entity_rows.get_feature_view("probe_view")
+    assert encode_entity_rows(entity_rows.config, view, first) is not None  # not Feast's path
     served = []
+    written = pd.DataFrame()
     for frame in (first, second):
         for resource in feast.values():
             resource.store().write_to_online_store("probe_view", df=frame)
-        expected = stored_rows(feast["stock"])
-        assert len(expected) == len(features) * len(frame[list(key_types)].drop_duplicates())
-        assert stored_rows(feast["bulk"]) == expected
+        written = pd.concat([written, frame], ignore_index=True)
+        entities = len(frame[list(key_types)].drop_duplicates())
+        assert tables(feast["bulk"]) == {"probe_probe_view__entity_rows": entities}
         answers = [online(feast[name], frame, list(key_types), refs) for name in ("bulk", "stock")]
-        assert answers[0] == answers[1]
-        served.append(answers[0])
+        values, times = values_and_times(answers[0])
+        assert values == values_and_times(answers[1])[0]
+        # the event time of each entity's last write, to the second (Feast's sqlite store
+        # shifts times in a local hour that does not exist or repeats)
+        newest = newest_seconds(written, list(key_types))
+        assert all(times[f"{name}{TIMESTAMP_POSTFIX}"] == newest for name in features)
+        served.append(values)
     assert served[0]["f64"][1] == 0.0 and served[1]["f64"][1] is None  # the older row's null
     assert served[0]["name"][5] is None and served[0]["flag"][2] is None
+    assert all(served[0][name][-1] is None for name in features)  # the unknown key
 
 
-def test_a_dtype_it_does_not_encode_goes_through_feast(tmp_path: Path):
+def test_a_dtype_it_does_not_encode_goes_through_feast_row_by_row(tmp_path: Path):
     from feast.types import Array, Float64, Int64, String, UnixTimestamp
 
-    from mlops_resources.feast_online_write import encode_rows
+    from mlops_resources.feast_entity_rows import encode_entity_rows
 
     features = {"x": Float64, "seen": UnixTimestamp, "tags": Array(Int64)}
     frame = pd.DataFrame(
@@ -198,35 +219,72 @@ def test_a_dtype_it_does_not_encode_goes_through_feast(tmp_path: Path):
     for resource in feast.values():
         resource.apply(definitions(tmp_path, features, {"customer_id": String}))
         resource.store().write_to_online_store("probe_view", df=frame)
-    bulk = feast["bulk"].store()
-    assert encode_rows(bulk.config, bulk.get_feature_view("probe_view"), frame) is None
-    assert stored_rows(feast["bulk"]) == stored_rows(feast["stock"])
-    assert len(stored_rows(feast["bulk"])) == 9
+    entity_rows = feast["bulk"].store()
+    view = entity_rows.get_feature_view("probe_view")
+    assert encode_entity_rows(entity_rows.config, view, frame) is None
+    assert tables(feast["bulk"]) == {"probe_probe_view__entity_rows": 3}
     refs = [f"probe_view:{name}" for name in features]
     answers = [online(feast[name], frame, ["customer_id"], refs) for name in ("bulk", "stock")]
     assert answers[0] == answers[1]
+    assert answers[0]["tags"][:3] == [[1, 2], [], [3]]
 
 
-def test_write_online_of_the_demo_spec_matches_feast(home: Path, tmp_path: Path):
+def test_write_online_and_materialize_of_the_demo_spec_serve_what_feast_serves(
+    home: Path, tmp_path: Path
+):
     """The suite's own view (spec features as Float64 / String) through FeastResource.write_online
-    in several batches, over a day already written once."""
+    in several batches, over a day already written once; then Feast's materialize (row by
+    row through online_write_batch) of the same days into fresh stores."""
     from mlops_assets.demo_data import DEMO_START, write_demo_data
-    from mlops_assets.features import feast_definitions, feature_refs, feature_view_name
+    from mlops_assets.features import (
+        feast_definitions,
+        feature_refs,
+        feature_view_name,
+        write_offline_partition,
+    )
     from mlops_assets.spec import load_spec
 
     spec = load_spec()
     paths = write_demo_data(start=DEMO_START, days=2, rows_per_day=600)
     days = [pd.read_parquet(path) for path in paths]
-    feast = stores(tmp_path, online_write_batch_rows=250)
-    for resource in feast.values():
-        resource.apply(feast_definitions(spec, resource))
-        for day in days:
-            resource.write_online(feature_view_name(spec), day, [spec.entity_key])
-    table = feature_view_name(spec)
-    expected = stored_rows(feast["stock"], table)
-    assert len(expected) >= 600 * len(spec.feature_names)
-    assert stored_rows(feast["bulk"], table) == expected
     frame = pd.concat(days)
     refs = feature_refs(spec)
-    answers = [online(feast[name], frame, [spec.entity_key], refs) for name in ("bulk", "stock")]
-    assert answers[0] == answers[1]
+    for how in ("write_online", "materialize"):
+        feast = stores(tmp_path / how, online_write_batch_rows=250)
+        for resource in feast.values():
+            resource.apply(feast_definitions(spec, resource))
+            if how == "write_online":
+                for day in days:
+                    resource.write_online(feature_view_name(spec), day, [spec.entity_key])
+            else:
+                for day in days:
+                    write_offline_partition(spec, resource, day[spec.timestamp].min().date(), day)
+                start, end = frame[spec.timestamp].min(), frame[spec.timestamp].max()
+                view = feature_view_name(spec)
+                resource.materialize(start, end + pd.Timedelta(seconds=1), [view])
+        answers = [online(feast[n], frame, [spec.entity_key], refs) for n in ("bulk", "stock")]
+        assert values_and_times(answers[0])[0] == values_and_times(answers[1])[0]
+        assert sum(v is not None for v in answers[0][spec.feature_names[0]]) >= 600
+
+
+def test_a_store_of_feasts_layout_is_moved_into_entity_rows_on_apply(home: Path, tmp_path: Path):
+    """An online.db written by Feast's own sqlite store (as before this store existed) serves
+    the same answers once the suite's store applies the view, and Feast's table is gone."""
+    from mlops_assets.demo_data import DEMO_START, write_demo_data
+    from mlops_assets.features import feast_definitions, feature_refs, feature_view_name
+    from mlops_assets.spec import load_spec
+
+    spec = load_spec()
+    frame = pd.read_parquet(write_demo_data(start=DEMO_START, days=1, rows_per_day=300)[0])
+    refs = feature_refs(spec)
+    old = FeastResource(repo_path=str(tmp_path), online_bulk_write=False)
+    old.apply(feast_definitions(spec, old))
+    old.write_online(feature_view_name(spec), frame, [spec.entity_key])
+    before = online(old, frame, [spec.entity_key], refs)
+    table = f"{old.project}_{feature_view_name(spec)}"
+    assert set(tables(old)) == {table}
+    new = FeastResource(repo_path=str(tmp_path))
+    new.apply(feast_definitions(spec, new))
+    entities = frame[spec.entity_key].nunique()
+    assert tables(new) == {f"{table}__entity_rows": entities}
+    assert online(new, frame, [spec.entity_key], refs) == before

@@ -13,8 +13,8 @@ offline store is `spark` (same project, registry and online store): `spark_feast
 
 Online writes run on the executors, as Feast's Spark compute engine writes (mapInPandas with the
 feature view and repo config shipped to each task), but through the configured provider's
-`ingest_df`, the code behind `write_to_online_store`: the embedded sqlite store keeps its bulk
-write, Redis gets Feast's own. The driver collects one count per batch, never the rows.
+`ingest_df`, the code behind `write_to_online_store`: the embedded sqlite store keeps its
+entity-row write, Redis gets Feast's own. The driver collects one count per batch, never the rows.
 """
 
 from __future__ import annotations
