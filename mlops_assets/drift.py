@@ -85,7 +85,12 @@ def drift_report_args(spec: PipelineSpec, description: str, kinds: set[str]) -> 
     """The @asset arguments of drift_report: its inputs, its check and its eager automation."""
     return {
         **partitioned(spec, "drift_report"),
-        "ins": asset_ins(spec, "validated_data", "batch_predictions"),
+        "ins": asset_ins(
+            spec,
+            "validated_data",
+            "batch_predictions",
+            columns={"validated_data": [spec.entity_key, spec.timestamp, *spec.feature_names]},
+        ),
         "description": description,
         "check_specs": [
             AssetCheckSpec(

@@ -76,7 +76,10 @@ def batch_predictions_args(spec: PipelineSpec, description: str, kinds: set[str]
     promotion decision and the features; no output while there is no champion."""
     return {
         **partitioned(spec, "batch_predictions"),
-        "ins": asset_ins(spec, "validated_data"),
+        # only the keys: the features come from Feast
+        "ins": asset_ins(
+            spec, "validated_data", columns={"validated_data": [spec.entity_key, spec.timestamp]}
+        ),
         "deps": [asset_key(spec, "model_promotion"), asset_key(spec, "features")],
         "output_required": False,
         "description": description + " Not materialized while no champion exists.",

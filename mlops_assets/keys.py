@@ -178,11 +178,22 @@ def asset_key(pipeline: Any, asset: str) -> AssetKey:
     return AssetKey([pipeline_name(pipeline), asset])
 
 
-def asset_ins(pipeline: Any, *assets: str) -> dict[str, AssetIn]:
-    """`ins=` for an asset whose parameters named `assets` load those assets of the pipeline."""
+def asset_ins(
+    pipeline: Any, *assets: str, columns: dict[str, list[str]] | None = None
+) -> dict[str, AssetIn]:
+    """`ins=` for an asset whose parameters named `assets` load those assets of the pipeline;
+    `columns` names, for some of them, the only columns the asset reads: the IO manager loads
+    no others (input metadata `columns`, as Dagster's table IO managers take it)."""
     from dagster import AssetIn
 
-    return {name: AssetIn(key=asset_key(pipeline, name)) for name in assets}
+    columns = columns or {}
+    return {
+        name: AssetIn(
+            key=asset_key(pipeline, name),
+            metadata={"columns": columns[name]} if name in columns else None,
+        )
+        for name in assets
+    }
 
 
 def base_name(name: str) -> str:

@@ -11,6 +11,9 @@ value, and the file name says which one it is:
 - anything else (and a DataFrame that Parquet cannot hold, e.g. a column of ints and strings
   mixed): ``<partition>.pickle``, with a warning in the step's log.
 
+An input whose metadata names `columns` (``AssetIn(metadata={"columns": [...]})``) loads a
+table with those columns only; from Parquet only they are read.
+
 Writes are atomic and per run: a local file is written as ``<file>.<run_id>.tmp`` beside its
 final name and moved over it with one rename (os.replace); an object store gets one PUT (or one
 multipart upload, which S3 also publishes at once). A reader therefore sees the previous value or
@@ -155,15 +158,30 @@ class AssetValueIOManager(UPathIOManager):
     def load_from_path(self, context: InputContext, path: UPath) -> Any:
         """The value under `path`: Parquet, JSON, pickle, then the legacy pickle of earlier
         versions. Each file is opened directly (no exists-then-open race with a writer that
-        removes an older format)."""
+        removes an older format). With input metadata `columns`, a table is loaded with those
+        columns only (from Parquet, only they are read)."""
+        import pandas as pd
+
+        columns = context.definition_metadata.get("columns")
+        value = self._load(context, path, columns)
+        if columns is None:
+            return value
+        if not isinstance(value, pd.DataFrame):
+            raise TypeError(f"{path}: input metadata `columns` asks for a table, not a value")
+        return value[columns]
+
+    def _load(self, context: InputContext, path: UPath, columns: list[str] | None) -> Any:
         import pandas as pd
 
         for suffix in FORMATS:
             candidate = sibling(path, suffix)
             try:
+                if suffix == PARQUET and _is_local(candidate):
+                    # pyarrow's own file reader: a third faster than through a Python file
+                    return pd.read_parquet(os.fspath(candidate.path), columns=columns)
                 with candidate.open("rb") as handle:
                     if suffix == PARQUET:
-                        return pd.read_parquet(handle)
+                        return pd.read_parquet(handle, columns=columns)
                     if suffix == JSON:
                         return json.loads(handle.read().decode("utf-8"))
                     return pickle.load(handle)

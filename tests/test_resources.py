@@ -39,6 +39,25 @@ def test_gx_reports_counts_and_samples_per_failed_rule():
     assert "expect_column_values_to_be_unique(id)" not in failed
 
 
+def test_gx_does_not_fingerprint_the_frame_while_the_suite_validates():
+    """GX's pandas engine hashes a frame for a batch marker the suite never reads; the suite
+    turns that off for its own validations only (a GX that changes how breaks this test)."""
+    from great_expectations.core.batch_spec import RuntimeDataBatchSpec
+    from great_expectations.execution_engine import PandasExecutionEngine
+
+    from mlops_resources.validation import no_frame_fingerprint
+
+    def markers() -> dict:
+        spec = RuntimeDataBatchSpec(batch_data=pd.DataFrame({"x": [1.0, 2.0]}))
+        return PandasExecutionEngine().get_batch_data_and_markers(spec)[1]
+
+    assert "pandas_data_fingerprint" in markers()
+    with pytest.raises(RuntimeError), no_frame_fingerprint():
+        assert "pandas_data_fingerprint" not in markers()
+        raise RuntimeError("a validation that fails")
+    assert "pandas_data_fingerprint" in markers()  # restored, even after an error
+
+
 def test_gx_unknown_expectation_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown Great Expectations expectation 'expect_magic'"):
         GreatExpectationsResource().build_expectation(ExpectationConfig("expect_magic"))

@@ -83,6 +83,40 @@ def test_a_table_is_stored_as_parquet_and_loads_the_same(tmp_path: Path) -> None
     assert metadata["path"].value == str(tmp_path / "demo" / "upstream" / f"{DAY}.parquet")
 
 
+def test_an_input_with_columns_loads_only_those_columns(tmp_path: Path) -> None:
+    """Input metadata `columns` (batch_predictions reads only the keys of validated_data): the
+    Parquet file is read for those columns, in that order; a plain value refuses them."""
+    frame, seen = sample_frame(), []
+
+    @asset(partitions_def=DAYS, key_prefix="demo")
+    def upstream() -> pd.DataFrame:
+        return frame
+
+    @asset(
+        partitions_def=DAYS,
+        key_prefix="demo",
+        ins={
+            "upstream": AssetIn(["demo", "upstream"], metadata={"columns": ["event_ts", "loan_id"]})
+        },
+    )
+    def keys_only(upstream: pd.DataFrame) -> None:
+        seen.append(upstream)
+
+    run([upstream, keys_only], tmp_path)
+    pd.testing.assert_frame_equal(seen[0], frame[["event_ts", "loan_id"]])
+
+    @asset(partitions_def=DAYS, key_prefix="demo", name="upstream")
+    def plain_value() -> dict:
+        return {"a": 1}
+
+    with pytest.raises(TypeError, match="asks for a table"):
+        materialize(
+            [plain_value, keys_only],
+            partition_key=DAY,
+            resources={"io_manager": AssetIOManager(base_path=str(tmp_path))},
+        )
+
+
 def test_a_plain_dict_is_stored_as_json(tmp_path: Path) -> None:
     value = {"version": "3", "metrics": {"roc_auc": np.float64(0.8), "n": np.int64(7)}}
     value["metrics"]["log_loss"] = math.nan
