@@ -288,3 +288,25 @@ def test_a_store_of_feasts_layout_is_moved_into_entity_rows_on_apply(home: Path,
     entities = frame[spec.entity_key].nunique()
     assert tables(new) == {f"{table}__entity_rows": entities}
     assert online(new, frame, [spec.entity_key], refs) == before
+
+
+@pytest.mark.parametrize("keys", [["k"], ["k", "branch"]])
+def test_newest_per_entity_is_what_pandas_sorting_and_dropping_gives(keys: list[str]):
+    """The Arrow-sorted newest row per entity equals pandas' stable sort by time, last row
+    per key and sort by key, ties in time included (the later row wins)."""
+    from mlops_resources.feast_store import newest_per_entity
+
+    rng = np.random.default_rng(3)
+    rows = 20_000
+    frame = pd.DataFrame(
+        {
+            "k": rng.choice([f"c{i}" for i in range(3_000)] + ["é", "日本", ""], rows),
+            "branch": rng.integers(-2, 2, rows),
+            "ts": pd.to_datetime(rng.integers(0, 50, rows), unit="s", utc=True),
+            "row": np.arange(rows),
+        }
+    )
+    expected = frame.sort_values("ts", kind="stable").drop_duplicates(keys, keep="last")
+    expected = expected.sort_values(keys, kind="stable")
+    pd.testing.assert_frame_equal(newest_per_entity(frame, keys, "ts"), expected)
+    assert newest_per_entity(frame.iloc[:0], keys, "ts").empty
