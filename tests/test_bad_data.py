@@ -62,3 +62,27 @@ def test_bad_partition_is_stopped_by_the_blocking_check(lifecycle):
         assert day not in instance.get_materialized_partitions(asset_key(spec, downstream))
     assert not (lifecycle["home"] / "feast" / "offline" / spec.name / f"{day}.parquet").exists()
     assert MLflowResource().champion(spec.model_name) == champion_before
+
+
+def test_numbers_become_the_text_pandas_string_dtype_gives_nulls_kept():
+    """standardize's text conversion (class labels, keys given as numbers): converted once per
+    distinct value, the same text as pandas' string dtype, nulls still null (so the not-null
+    rule still sees them)."""
+    import numpy as np
+
+    from mlops_assets.validation import _as_text
+
+    columns = [
+        pd.Series([1, 0, 1, 5, -3, 2**62]),
+        pd.Series(np.array([1, 2, 255], dtype=np.uint8)),
+        pd.Series([True, False, True]),
+        pd.Series(pd.array([1, None, 3], dtype="Int64")),
+        pd.Series(pd.array([True, None], dtype="boolean")),
+        pd.Series([1.0, np.nan, -0.0, 0.0, 1e16]),  # floats: pandas' conversion, value by value
+        pd.Series(["a", None, 3], dtype=object),
+    ]
+    for values in columns:
+        expected = values.astype("string").astype(object).where(values.notna())
+        converted = _as_text(values)
+        pd.testing.assert_series_equal(converted, expected)
+        assert converted.isna().sum() == values.isna().sum()

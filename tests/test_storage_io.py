@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 from dagster import (
     AssetIn,
@@ -22,6 +23,7 @@ from dagster import (
     materialize,
 )
 
+from mlops_assets.frames import ArrowTable
 from mlops_resources.io_manager import AssetIOManager, as_json
 from mlops_resources.storage import asset_io_manager
 
@@ -115,6 +117,75 @@ def test_an_input_with_columns_loads_only_those_columns(tmp_path: Path) -> None:
             partition_key=DAY,
             resources={"io_manager": AssetIOManager(base_path=str(tmp_path))},
         )
+
+
+def test_an_arrow_table_input_is_read_from_parquet_without_pandas(tmp_path: Path) -> None:
+    """An input typed ArrowTable (features reads validated_data so) gets the stored Parquet as
+    a pyarrow Table, whole or with its `columns`; a legacy pickled frame is converted."""
+    frame, seen = sample_frame(), {}
+
+    @asset(partitions_def=DAYS, key_prefix="demo")
+    def upstream() -> pd.DataFrame:
+        return frame
+
+    @asset(partitions_def=DAYS, key_prefix="demo", ins={"upstream": AssetIn(["demo", "upstream"])})
+    def whole(upstream: ArrowTable) -> None:
+        seen["whole"] = upstream
+
+    @asset(
+        partitions_def=DAYS,
+        key_prefix="demo",
+        ins={"upstream": AssetIn(["demo", "upstream"], metadata={"columns": ["income"]})},
+    )
+    def one_column(upstream: ArrowTable) -> None:
+        seen["one_column"] = upstream
+
+    run([upstream, whole, one_column], tmp_path)
+    assert all(isinstance(table, pa.Table) for table in seen.values())
+    pd.testing.assert_frame_equal(seen["whole"].to_pandas(), frame)
+    assert seen["one_column"].column_names == ["income"]
+    stored = tmp_path / "demo" / "upstream" / f"{DAY}.parquet"
+    stored.unlink()
+    seen.clear()
+    with (tmp_path / "demo" / "upstream" / DAY).open("wb") as legacy:
+        pickle.dump(frame, legacy)
+    run([upstream, whole], tmp_path, selection=["demo/whole"])
+    pd.testing.assert_frame_equal(seen["whole"].to_pandas(), frame)
+
+
+def test_the_first_reader_in_the_same_run_gets_the_stored_frame_itself(tmp_path: Path) -> None:
+    """In one in-process run the first step that loads a stored frame gets the object the
+    producer returned (the file is written all the same); a second reader, and any other run,
+    read the file."""
+    frame, seen = sample_frame(), {}
+
+    @asset(partitions_def=DAYS, key_prefix="demo")
+    def upstream() -> pd.DataFrame:
+        return frame
+
+    def reader(name: str) -> Any:
+        @asset(
+            partitions_def=DAYS,
+            key_prefix="demo",
+            name=name,
+            ins={"upstream": AssetIn(["demo", "upstream"])},
+        )
+        def read(upstream: pd.DataFrame) -> None:
+            seen[name] = upstream
+
+        return read
+
+    run([upstream, reader("first"), reader("second")], tmp_path)
+    assert sorted(seen) == ["first", "second"]
+    handed = [name for name, value in seen.items() if value is frame]
+    assert len(handed) == 1  # exactly one reader got the object; the other read the file
+    for value in seen.values():
+        pd.testing.assert_frame_equal(value, frame)
+    assert (tmp_path / "demo" / "upstream" / f"{DAY}.parquet").is_file()
+    seen.clear()
+    run([upstream, reader("first")], tmp_path, selection=["demo/first"])  # another run
+    assert seen["first"] is not frame
+    pd.testing.assert_frame_equal(seen["first"], frame)
 
 
 def test_a_plain_dict_is_stored_as_json(tmp_path: Path) -> None:
