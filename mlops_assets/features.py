@@ -142,7 +142,7 @@ def build_features(spec: PipelineSpec) -> AssetsDefinition:
         rows = validated_data.num_rows
         context.log.info(f"wrote {rows} rows of {day} to the offline store")
         # No data version of its own: Dagster's hash of the code version and validated_data's
-        # (a content hash) identifies the rows as well, without hashing them again.
+        # (itself from raw_data's content hash) identifies the rows without hashing them again.
         return Output(
             None,
             metadata={

@@ -177,7 +177,9 @@ class AssetValueIOManager(UPathIOManager):
 
         A DataFrame this IO manager stored in the same run (steps executed in one process) is
         handed over to the first step that loads it instead of being read back (0.35 s for a
-        1,000,000-row day); that load drops it, so no frame outlives its first reader."""
+        1,000,000-row day). Any load of that value drops it, so a frame is held no longer than
+        until its first reader (one that no step of the run loads goes with the IO manager,
+        which lives for one run)."""
         import pandas as pd
         import pyarrow as pa
 
