@@ -81,20 +81,19 @@ def scored_rows(
     the join and the scoring hold a chunk, not the day)."""
     import pandas as pd
 
-    keys = [spec.entity_key, spec.timestamp]
-    parts: list[Frame] = []
+    keys: list[Frame] = []
     outputs: list[list[Frame]] = [[] for _ in models]
     for start in range(0, max(len(entities), 1), SCORING_CHUNK_ROWS):
         rows = feast.historical_features(
             entities.iloc[start : start + SCORING_CHUNK_ROWS], feature_refs(spec)
         )
+        keys.append(rows[[spec.entity_key, spec.timestamp]])
         X = rows[spec.feature_names]
         for model, scored in zip(models, outputs, strict=True):
             scored.append(score(model, X, spec))
-        parts.append(pd.concat([rows[keys].reset_index(drop=True), outputs[0][-1]], axis=1))
         del rows, X
     whole = [pd.concat(scored, ignore_index=True) for scored in outputs]
-    return pd.concat(parts, ignore_index=True), whole
+    return pd.concat([pd.concat(keys, ignore_index=True), whole[0]], axis=1), whole
 
 
 def batch_predictions_args(spec: PipelineSpec, description: str, kinds: set[str]) -> dict:

@@ -176,21 +176,22 @@ class GreatExpectationsResource(ConfigurableResource):
                     name=f"{name}_validation", data=batch, suite=context.suites.add(suite)
                 )
             )
-            return definition.run(batch_parameters={"dataframe": df}, result_format=result_format)
+            with no_frame_fingerprint():
+                return definition.run(
+                    batch_parameters={"dataframe": df}, result_format=result_format
+                )
 
-        with no_frame_fingerprint():
-            verdicts = run(
-                suite_name, [self.build_expectation(c) for c in expectations], "BOOLEAN_ONLY"
-            )
+        verdicts = run(
+            suite_name, [self.build_expectation(c) for c in expectations], "BOOLEAN_ONLY"
+        )
         if verdicts.success:
             return ValidationOutcome(success=True, evaluated=len(verdicts.results), failures=[])
         failed = [self._unsaved(r.expectation_config) for r in verdicts.results if not r.success]
-        with no_frame_fingerprint():
-            details = run(
-                f"{suite_name}_failed",
-                failed,
-                {"result_format": "SUMMARY", "partial_unexpected_count": self.sample_size},
-            )
+        details = run(
+            f"{suite_name}_failed",
+            failed,
+            {"result_format": "SUMMARY", "partial_unexpected_count": self.sample_size},
+        )
         failures = [self._failure(r) for r in details.results if not r.success]
         return ValidationOutcome(success=False, evaluated=len(verdicts.results), failures=failures)
 
