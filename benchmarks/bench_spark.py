@@ -30,9 +30,16 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+from scale_data import write_days  # noqa: E402
+
 RESULTS = REPO / "benchmarks" / "results" / "spark.json"
-START = date(2024, 2, 10)  # before the demo's drift: the stream is stationary
+START = date(2024, 2, 10)  # inside the demo spec's partitions
 WARMUP_DAYS = 2  # ingested before the timed jobs (the training window)
+ID_RULE = {
+    "type": "expect_column_values_to_match_regex",
+    "kwargs": {"column": "customer_id", "regex": "^C[0-9]{8}$"},
+}
 
 
 def days() -> list[date]:
@@ -40,32 +47,11 @@ def days() -> list[date]:
     return [START + timedelta(days=i) for i in range(WARMUP_DAYS + 2)]
 
 
-def generate(day: date, rows: int) -> Any:
-    """`rows` rows of the demo's distribution for `day` (at most 1,000,000: the ids are
-    C000000..C999999): chunks of the demo generator (its customer table has 20,000 rows) with
-    one id per row, so (id, timestamp) stays unique and ids recur from day to day."""
-    import pandas as pd
-
-    from mlops_assets.demo_data import CUSTOMERS, SEED, generate_day
-
-    if rows > 1_000_000:
-        raise SystemExit("--rows: at most 1,000,000 (the spec's id format has 6 digits)")
-    chunks = [
-        generate_day(day, min(CUSTOMERS, rows - start), seed=SEED + i)
-        for i, start in enumerate(range(0, rows, CUSTOMERS))
-    ]
-    frame = pd.concat(chunks, ignore_index=True).sort_values("event_timestamp", kind="stable")
-    frame["customer_id"] = [f"C{i:06d}" for i in range(len(frame))]
-    return frame.reset_index(drop=True)
-
-
 def write_data(folder: Path, rows: int) -> None:
-    """The demo stream at `rows` rows a day, one Parquet file a day."""
-    folder.mkdir(parents=True, exist_ok=True)
-    for day in days():
-        path = folder / f"loans_{day}.parquet"
-        if not path.exists():
-            generate(day, rows).to_parquet(path, index=False)
+    """The loan-like stream of bench_scale (benchmarks/scale_data.py: the demo's features and
+    label relationship, 8-digit ids) at `rows` rows a day, one Parquet file a day."""
+    missing = [day for day in days() if not (folder / f"loans_{day}.parquet").exists()]
+    write_days(folder, missing, rows)
 
 
 def write_spec(root: Path, data: Path, engine: str) -> Path:
@@ -74,6 +60,9 @@ def write_spec(root: Path, data: Path, engine: str) -> Path:
     from mlops_assets.spec import DEMO_SPEC_PATH
 
     spec = yaml.safe_load(DEMO_SPEC_PATH.read_text())
+    spec["expectations"] = [  # the demo's rules, with the generated data's 8-digit ids
+        ID_RULE if rule["type"] == ID_RULE["type"] else rule for rule in spec["expectations"]
+    ]
     spec.update(
         engine=engine,
         online_features=False,
