@@ -6,11 +6,13 @@ selection on the next day (ingest, training_set, candidate_model, model_promotio
 batch_predictions, drift_report) and the `daily` selection on the day after (ingest,
 batch_predictions, drift_report), each through Dagster's materialize() in process. Reported:
 wall seconds, rows/s (the day's rows over the job's seconds) and the peak resident memory of
-the engine's process tree, sampled every 0.2 s with psutil. In Spark local mode the executors
-live in the driver's JVM, so the spark figure is driver + executors: an upper bound on the
-driver alone.
+the engine's process tree, sampled every 0.2 s with psutil, in total and for each part: the
+step's Python process (the driver's Python side: what it collects, e.g. the training window),
+Spark's JVM (the driver; in local mode the executors live in it too, so it is an upper bound on
+the driver alone) and the Python workers the JVM starts (mapInPandas scoring and writes).
 
-    .venv/bin/python benchmarks/bench_spark.py --rows 1000000          # ~25 min on 2 cores
+    .venv/bin/python benchmarks/bench_spark.py --rows 1000000          # ~15 min on 2 cores
+    .venv/bin/python benchmarks/bench_spark.py --rows 5000000          # ~45 min
     .venv/bin/python benchmarks/bench_spark.py --rows 50000 --out /tmp/spark_quick.json
 
 Writes benchmarks/results/spark.json (or --out) and prints a table.
@@ -35,6 +37,7 @@ from scale_data import write_days  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results" / "spark.json"
 START = date(2024, 2, 10)  # inside the demo spec's partitions
+ROLES = ("driver_python", "jvm", "python_workers")
 WARMUP_DAYS = 2  # ingested before the timed jobs (the training window)
 ID_RULE = {
     "type": "expect_column_values_to_match_regex",
@@ -121,8 +124,18 @@ def worker(spec_path: str) -> None:
     print(json.dumps(timings))
 
 
+def role(process: Any, worker_process: Any) -> str:
+    """Which part of the engine's process tree `process` is: the step's Python process (the
+    driver's Python side), Spark's JVM (driver; in local mode the executors too) or a Python
+    worker the JVM started (mapInPandas, pandas UDFs)."""
+    if process.pid == worker_process.pid:
+        return "driver_python"
+    return "jvm" if process.name() == "java" else "python_workers"
+
+
 def run_engine(engine: str, root: Path, data: Path) -> dict[str, Any]:
-    """The worker for `engine` in a child process; its timings and peak tree RSS."""
+    """The worker for `engine` in a child process; its timings, the peak RSS of its process
+    tree and the peak of each part of the tree (each part's own maximum)."""
     import psutil
 
     home = root / engine
@@ -146,19 +159,28 @@ def run_engine(engine: str, root: Path, data: Path) -> dict[str, Any]:
             text=True,
         )
     peak = 0
+    peaks = dict.fromkeys(ROLES, 0)
     parent = psutil.Process(child.pid)
     while child.poll() is None:
         try:
             tree = [parent, *parent.children(recursive=True)]
-            peak = max(peak, sum(p.memory_info().rss for p in tree if p.is_running()))
+            by_role = dict.fromkeys(ROLES, 0)
+            for process in tree:
+                by_role[role(process, parent)] += process.memory_info().rss
         except psutil.Error:
-            pass
+            continue
+        peak = max(peak, sum(by_role.values()))
+        peaks = {name: max(peaks[name], by_role[name]) for name in ROLES}
         time.sleep(0.2)
     out = child.stdout.read() if child.stdout else ""
     if child.returncode != 0:
         tail = log.read_text(errors="replace")[-3000:]
         raise RuntimeError(f"{engine} worker failed ({child.returncode}), {log}:\n{tail}")
-    return {"timings": json.loads(out.strip().splitlines()[-1]), "peak_rss_mb": peak / 2**20}
+    return {
+        "timings": json.loads(out.strip().splitlines()[-1]),
+        "peak_rss_mb": peak / 2**20,
+        "peak_rss_mb_by_process": {name: value / 2**20 for name, value in peaks.items()},
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -190,9 +212,11 @@ def main(argv: list[str] | None = None) -> None:
             },
         }
         daily_rate = args.rows / timings["daily"]
+        parts = ", ".join(f"{k} {v:,.0f}" for k, v in measured["peak_rss_mb_by_process"].items())
         print(
             f"{engine:7s} lifecycle {timings['lifecycle']:7.1f} s  daily {timings['daily']:7.1f} s"
-            f"  ({daily_rate:,.0f} rows/s)  peak {measured['peak_rss_mb']:,.0f} MB",
+            f"  ({daily_rate:,.0f} rows/s)  peak {measured['peak_rss_mb']:,.0f} MB"
+            f"  ({parts})",
             flush=True,
         )
     results["load_average_at_end"] = os.getloadavg()
