@@ -11,8 +11,8 @@ step's Python process (the driver's Python side: what it collects, e.g. the trai
 Spark's JVM (the driver; in local mode the executors live in it too, so it is an upper bound on
 the driver alone) and the Python workers the JVM starts (mapInPandas scoring and writes).
 
-    .venv/bin/python benchmarks/bench_spark.py --rows 1000000          # ~15 min on 2 cores
-    .venv/bin/python benchmarks/bench_spark.py --rows 5000000          # ~45 min
+    .venv/bin/python benchmarks/bench_spark.py --rows 1000000          # ~13 min on 2 cores
+    .venv/bin/python benchmarks/bench_spark.py --rows 5000000          # ~25 min
     .venv/bin/python benchmarks/bench_spark.py --rows 50000 --out /tmp/spark_quick.json
 
 Writes benchmarks/results/spark.json (or --out) and prints a table.
